@@ -1,0 +1,16 @@
+"""mfmda_lib: the library behind the teaching kit "Adapting foundation models to medical images".
+
+Layers, bottom up (a lower layer never imports a higher one):
+
+- ``profiles``: every size, the device, the folders (the only module that reads the environment)
+- ``io``: atomic writes, checksums, image reading with clear errors
+- ``data``: one sample format, the synthetic multi-domain fundus benchmark, real-dataset loaders
+- ``models``: foundation-model registry (LiteMedSAM offline, SAM / MedSAM ViT-B), encoder cache
+- ``evaluation``: metrics, zero-shot evaluation, domain probes
+- ``plots``: every figure helper
+- ``experiments``: the notebooks' experiments in a few calls; ``cli``: the ``mfmda`` command
+"""
+from .profiles import PROFILES, Profile, describe_environment, get_device, get_profile, paths, seed_everything
+
+__version__ = "0.1.0"
+__all__ = ["PROFILES", "Profile", "describe_environment", "get_device", "get_profile", "paths", "seed_everything"]

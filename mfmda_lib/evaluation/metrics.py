@@ -1,0 +1,363 @@
+"""Segmentation metrics for optic disc and cup, and the per-domain results table.
+
+Every method in the kit is scored the same way: :func:`segmentation_scores` turns one predicted
+disc/cup pair into a flat dict of numbers, a notebook collects one dict per image (adding
+``"domain"`` and, when several methods are compared, ``"method"``), and
+:func:`per_domain_table` / :func:`format_table` turn the list into the table that goes on a
+slide.
+
+Edge cases (a model that predicts nothing is a real outcome, not a crash):
+
+============================  ========  ========  =============================================
+case                          Dice/IoU  HD95      why
+============================  ========  ========  =============================================
+both masks empty              1.0       0.0       nothing to find and nothing found: perfect
+exactly one mask empty        0.0       ``nan``   no surface to measure a distance to
+============================  ========  ========  =============================================
+
+HD95 ``nan`` values are left out of the means in :func:`per_domain_table`; count them separately
+when a method sometimes predicts nothing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import binary_erosion
+from scipy.spatial import cKDTree
+
+from ..data.sample import FundusSample, vertical_cdr
+
+__all__ = [
+    "dice",
+    "iou",
+    "hd95",
+    "vcdr_error",
+    "segmentation_scores",
+    "SCORE_KEYS",
+    "per_domain_table",
+    "format_table",
+]
+
+#: Keys of the dict returned by :func:`segmentation_scores`, in order.
+SCORE_KEYS = (
+    "disc_dice", "disc_iou", "disc_hd95",
+    "cup_dice", "cup_iou", "cup_hd95",
+    "vcdr_true", "vcdr_pred", "vcdr_abs_err",
+)
+
+#: Name of the row that :func:`per_domain_table` adds after the domains (macro average).
+MEAN_ROW = "mean"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _as_mask_pair(pred: np.ndarray, target: np.ndarray, fn: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check two masks are 2-D with one shape and return them as bool arrays."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.ndim != 2 or target.ndim != 2:
+        raise ValueError(f"{fn}: expected (H, W) masks, got shapes {pred.shape} and {target.shape}")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"{fn}: prediction {pred.shape} and target {target.shape} differ in size; "
+            "resize the prediction to the target's size first"
+        )
+    return pred.astype(bool, copy=False), target.astype(bool, copy=False)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """``(K, 2)`` row/col coordinates of the mask's boundary pixels (mask minus its erosion)."""
+    return np.argwhere(mask ^ binary_erosion(mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# overlap and distance metrics
+# ---------------------------------------------------------------------------------------------
+
+def dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice coefficient ``2|P ∩ T| / (|P| + |T|)`` of two masks.
+
+    Same value as ``monai.metrics.compute_dice(..., ignore_empty=False)``.
+
+    Args:
+        pred: ``(H, W)`` bool (or 0/1) predicted mask.
+        target: ``(H, W)`` bool (or 0/1) reference mask.
+
+    Returns:
+        Dice in ``[0, 1]``; 1.0 when both masks are empty, 0.0 when exactly one is.
+    """
+    pred, target = _as_mask_pair(pred, target, "dice")
+    total = int(pred.sum()) + int(target.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, target).sum()) / total
+
+
+def iou(pred: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union (Jaccard index) ``|P ∩ T| / |P ∪ T|`` of two masks.
+
+    Args:
+        pred: ``(H, W)`` bool (or 0/1) predicted mask.
+        target: ``(H, W)`` bool (or 0/1) reference mask.
+
+    Returns:
+        IoU in ``[0, 1]``; 1.0 when both masks are empty, 0.0 when exactly one is.
+    """
+    pred, target = _as_mask_pair(pred, target, "iou")
+    union = int(np.logical_or(pred, target).sum())
+    if union == 0:
+        return 1.0
+    return int(np.logical_and(pred, target).sum()) / union
+
+
+def hd95(pred: np.ndarray, target: np.ndarray, spacing: float | Sequence[float] = 1.0) -> float:
+    """95th-percentile symmetric Hausdorff distance between the two mask boundaries.
+
+    The definition of ``monai.metrics.compute_hausdorff_distance(..., percentile=95)``:
+
+    1. boundary pixels of each mask = the mask minus its binary erosion (4-connected);
+    2. for every boundary pixel of ``pred`` the Euclidean distance to the nearest boundary
+       pixel of ``target``, and the other way round;
+    3. the 95th percentile (linear interpolation) of each of the two sets, and the larger one.
+
+    It is computed here with scipy (a KD-tree over boundary pixels, as MONAI does on CPU) so
+    that importing the kit does not pay MONAI's ~10 s import; the tests pin values that MONAI
+    1.6 gives on the same masks.
+
+    Args:
+        pred: ``(H, W)`` bool (or 0/1) predicted mask.
+        target: ``(H, W)`` bool (or 0/1) reference mask.
+        spacing: pixel size, one number or ``(row, col)``; 1.0 gives the distance in pixels.
+
+    Returns:
+        HD95 in units of ``spacing``; 0.0 when both masks are empty, ``nan`` when exactly one
+        is empty (there is no boundary to measure to).
+    """
+    pred, target = _as_mask_pair(pred, target, "hd95")
+    scale = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (2,))
+    if not np.all(scale > 0):
+        raise ValueError(f"hd95: spacing must be positive, got {spacing!r}")
+    has_pred, has_target = bool(pred.any()), bool(target.any())
+    if not has_pred and not has_target:
+        return 0.0
+    if has_pred != has_target:
+        return math.nan
+    surf_p = _surface(pred) * scale  # (Kp, 2) in spacing units
+    surf_t = _surface(target) * scale  # (Kt, 2)
+    d_pt = cKDTree(surf_t).query(surf_p, k=1)[0]  # (Kp,) pred boundary -> nearest target boundary
+    d_tp = cKDTree(surf_p).query(surf_t, k=1)[0]  # (Kt,)
+    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+
+
+# ---------------------------------------------------------------------------------------------
+# clinical measure and per-sample scores
+# ---------------------------------------------------------------------------------------------
+
+def vcdr_error(pred_disc: np.ndarray, pred_cup: np.ndarray,
+               true_disc: np.ndarray, true_cup: np.ndarray) -> float:
+    """Absolute error of the vertical cup-to-disc ratio, ``|vCDR(pred) - vCDR(true)|``.
+
+    Uses :func:`mfmda_lib.data.sample.vertical_cdr`, which gives 0.0 for an empty disc, so a
+    model that predicts no disc is charged the whole true vCDR.
+
+    Args:
+        pred_disc, pred_cup: ``(H, W)`` bool predicted masks.
+        true_disc, true_cup: ``(H, W)`` bool reference masks.
+
+    Returns:
+        The absolute difference, a float in ``[0, 1]`` for masks whose cup lies inside the disc.
+    """
+    pred_disc, true_disc = _as_mask_pair(pred_disc, true_disc, "vcdr_error")
+    pred_cup, true_cup = _as_mask_pair(pred_cup, true_cup, "vcdr_error")
+    return abs(vertical_cdr(pred_disc, pred_cup) - vertical_cdr(true_disc, true_cup))
+
+
+def segmentation_scores(pred_disc: np.ndarray, pred_cup: np.ndarray, sample: FundusSample) -> dict:
+    """Every per-image number the kit reports, for one predicted disc/cup pair.
+
+    Args:
+        pred_disc: ``(H, W)`` bool predicted disc, at the size of ``sample.image``.
+        pred_cup: ``(H, W)`` bool predicted cup, same size.
+        sample: the :class:`FundusSample` holding the reference masks.
+
+    Returns:
+        ``{key: float}`` with the keys of :data:`SCORE_KEYS`: Dice, IoU and HD95 (pixels) for
+        disc and cup, the true and predicted vCDR, and their absolute difference.
+    """
+    size = sample.disc.shape
+    for name, mask in (("pred_disc", pred_disc), ("pred_cup", pred_cup)):
+        if np.shape(mask) != size:
+            raise ValueError(
+                f"segmentation_scores: {name} has shape {np.shape(mask)} but sample "
+                f"{sample.domain}/{sample.sample_id} is {size}; resize predictions to the sample's size"
+            )
+    pred_disc, pred_cup = np.asarray(pred_disc, bool), np.asarray(pred_cup, bool)
+    vcdr_true = vertical_cdr(sample.disc, sample.cup)
+    vcdr_pred = vertical_cdr(pred_disc, pred_cup)
+    return {
+        "disc_dice": dice(pred_disc, sample.disc),
+        "disc_iou": iou(pred_disc, sample.disc),
+        "disc_hd95": hd95(pred_disc, sample.disc),
+        "cup_dice": dice(pred_cup, sample.cup),
+        "cup_iou": iou(pred_cup, sample.cup),
+        "cup_hd95": hd95(pred_cup, sample.cup),
+        "vcdr_true": vcdr_true,
+        "vcdr_pred": vcdr_pred,
+        "vcdr_abs_err": abs(vcdr_pred - vcdr_true),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "cup_dice"),
+                     domain_order: Sequence[str] | None = None, *, ddof: int = 0) -> pd.DataFrame:
+    """Mean and standard deviation of each metric per domain (and per method), plus a mean row.
+
+    Args:
+        rows: one dict per image with a ``"domain"`` key, the ``metrics`` keys and optionally
+            ``"method"``; extra keys are ignored.
+        metrics: which keys to summarise.
+        domain_order: order of the domain rows; default is first appearance in ``rows``.
+            Every domain in ``rows`` must be listed. A method without rows for a listed domain
+            simply has no row for it (and its mean row averages only the domains it has).
+        ddof: delta degrees of freedom of the std (0: ``np.std``'s convention, which also gives
+            0 rather than ``nan`` for a single image; 1: the sample std).
+
+    Returns:
+        A DataFrame indexed by ``domain`` (or by ``(method, domain)`` when the rows carry a
+        ``"method"``), with columns ``n`` (number of rows) and, for each metric ``m``, ``m`` (mean)
+        and ``m_std``. After each method's domains comes a row named ``"mean"``: the average of
+        the domain means (every domain weighs the same however many images it has), with ``m_std``
+        the spread of the domain means across domains and ``n`` the total count. ``nan`` values
+        (e.g. HD95 of an empty prediction) are skipped.
+    """
+    metrics = list(metrics)
+    if not rows:
+        raise ValueError("per_domain_table: rows is empty; score some images first")
+    if not metrics:
+        raise ValueError("per_domain_table: metrics is empty; name at least one key, e.g. 'disc_dice'")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("domain", *metrics) if k not in row]
+        if missing:
+            raise ValueError(f"per_domain_table: row {i} lacks {missing}; it has {sorted(row)}")
+        if row["domain"] == MEAN_ROW:
+            raise ValueError(f"per_domain_table: row {i} uses the reserved domain name {MEAN_ROW!r}")
+    frame = pd.DataFrame(rows)
+    frame[metrics] = frame[metrics].astype(float)
+    has_method = "method" in frame.columns
+    if has_method and frame["method"].isna().any():
+        raise ValueError("per_domain_table: some rows have a 'method' and some do not; give every row one")
+
+    seen = list(dict.fromkeys(frame["domain"]))
+    if domain_order is None:
+        order = seen
+    else:
+        order = list(domain_order)
+        unlisted = [d for d in seen if d not in order]
+        absent = [d for d in order if d not in seen]
+        if unlisted or absent:
+            raise ValueError(
+                f"per_domain_table: domain_order {order} does not match the rows' domains {seen} "
+                f"(in rows but not listed: {unlisted}; listed but no rows: {absent})"
+            )
+
+    methods = list(dict.fromkeys(frame["method"])) if has_method else [None]
+    records, index = [], []
+    for method in methods:
+        part = frame if method is None else frame[frame["method"] == method]
+        domain_rows = []
+        for domain in order:
+            group = part[part["domain"] == domain]
+            if group.empty:
+                continue
+            rec = {"n": len(group)}
+            for m in metrics:
+                rec[m] = group[m].mean()
+                rec[f"{m}_std"] = group[m].std(ddof=ddof)
+            domain_rows.append(rec)
+            records.append(rec)
+            index.append(domain if method is None else (method, domain))
+        means = pd.DataFrame(domain_rows)
+        rec = {"n": int(means["n"].sum())}
+        for m in metrics:
+            rec[m] = means[m].mean()
+            rec[f"{m}_std"] = means[m].std(ddof=ddof)
+        records.append(rec)
+        index.append(MEAN_ROW if method is None else (method, MEAN_ROW))
+
+    columns = ["n"] + [c for m in metrics for c in (m, f"{m}_std")]
+    if has_method:
+        idx = pd.MultiIndex.from_tuples(index, names=["method", "domain"])
+    else:
+        idx = pd.Index(index, name="domain")
+    table = pd.DataFrame(records, index=idx, columns=columns)
+    table["n"] = table["n"].astype(int)
+    return table
+
+
+def _table_metrics(df: pd.DataFrame) -> list[str]:
+    """Metric names of a :func:`per_domain_table` frame (columns with a ``_std`` partner)."""
+    return [c for c in df.columns if c != "n" and not c.endswith("_std") and f"{c}_std" in df.columns]
+
+
+def _cell(mean: float, std: float, digits: int) -> str:
+    """``"0.912 ± 0.031"``; ``"n/a"`` for a missing mean; the mean alone for a missing std."""
+    if pd.isna(mean):
+        return "n/a"
+    if pd.isna(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table with padded columns; the first column left-aligned."""
+    widths = [max(len(r[j]) for r in [header, *body]) for j in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if j == 0 else "-" * (w + 1) + ":"
+                          for j, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in body)])
+
+
+def format_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """Render a :func:`per_domain_table` frame as a Markdown table of ``mean ± std`` cells.
+
+    Uses ``DataFrame.to_markdown`` when the optional ``tabulate`` package is installed, else a
+    small built-in formatter; both give a header row, an alignment row and one line per row.
+
+    Args:
+        df: the output of :func:`per_domain_table`.
+        digits: decimals shown for means and stds.
+
+    Returns:
+        The table as one string (no trailing newline).
+    """
+    metrics = _table_metrics(df)
+    if not metrics:
+        raise ValueError(
+            f"format_table: no metric columns with a '_std' partner in {list(df.columns)}; "
+            "pass the output of per_domain_table"
+        )
+    keys = list(df.index.names) if isinstance(df.index, pd.MultiIndex) else [df.index.name or "domain"]
+    header = keys + (["n"] if "n" in df.columns else []) + metrics
+    body = []
+    for key, row in df.iterrows():
+        cells = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
+        if "n" in df.columns:
+            cells.append(str(int(row["n"])))
+        cells += [_cell(row[m], row[f"{m}_std"], digits) for m in metrics]
+        body.append(cells)
+    try:
+        import tabulate  # noqa: F401  (optional: only decides which formatter runs)
+    except ImportError:
+        return _markdown(header, body)
+    return pd.DataFrame(body, columns=header).to_markdown(index=False, disable_numparse=True)

@@ -1,0 +1,16 @@
+"""Shared fixtures: a headless matplotlib, and a tiny synthetic benchmark generated once per session."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from mfmda_lib.data import generate_benchmark  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    """Two domains, 3 train + 2 test images each, 64 px: a fast on-disk benchmark."""
+    root = tmp_path_factory.mktemp("bench")
+    return generate_benchmark(root, domains=["refuge_train", "riga_messidor"], train_per_domain=3,
+                              test_per_domain=2, size=64, severity=1.0, seed=0, progress=False)
