@@ -78,8 +78,9 @@ class DomainShiftResult:
 
     def table(self) -> pd.DataFrame:
         """One row per severity: probe accuracy, its spread and chance."""
-        return pd.DataFrame([{"severity": s, "probe_accuracy": p.accuracy, "std": p.accuracy_std,
-                              "chance": p.chance, "n": int(p.confusion.sum())} for s, p in self.probes.items()])
+        return pd.DataFrame([{"severity": s, "n": int(p.confusion.sum()), "probe_accuracy": p.accuracy,
+                              "probe_accuracy_std": p.accuracy_std, "chance": p.chance}
+                             for s, p in self.probes.items()]).set_index("severity")
 
 
 def measure_domain_shift(profile: Profile, model: PromptableSegmenter, cache: EmbeddingCache | None = None,

@@ -251,5 +251,7 @@ def test_format_table_methods_and_missing_values(monkeypatch):
     text = format_table(per_domain_table(rows))
     assert [c.strip() for c in text.splitlines()[0].strip("|").split("|")][:2] == ["method", "domain"]
     assert "n/a" in text and "0.500 ± 0.000" in text
-    with pytest.raises(ValueError, match="per_domain_table"):
-        format_table(pd.DataFrame({"x": [1.0]}))
+    plain = format_table(pd.DataFrame({"acc": [0.5], "acc_std": [0.1], "chance": [0.25]}, index=["s0"]))
+    assert "0.500 ± 0.100" in plain and "0.250" in plain and "acc_std" not in plain
+    with pytest.raises(ValueError, match="no value columns"):
+        format_table(pd.DataFrame({"n": [1]}))

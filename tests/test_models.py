@@ -340,3 +340,13 @@ def test_segment_returns_a_list_for_mixed_sizes_and_rejects_bad_input():
         segment(model, images, boxes[:, [2, 1, 0, 3]], progress=False)
     with pytest.raises(ValueError, match="image 1 must be an"):
         segment(model, [images[0], images[1].astype(np.float32)], boxes, progress=False)
+
+
+def test_litemedsam_parameter_counts_printed_by_notebook_01():
+    """Notebook 01's `# NBVAL_CHECK_OUTPUT` cell (nbval skips unrun reference cells, so pin them here)."""
+    from mfmda_lib.models import load_model
+
+    model = load_model("litemedsam")
+    counts = {part: sum(p.numel() for p in getattr(model, part).parameters())
+              for part in ("image_encoder", "prompt_encoder", "mask_decoder")}
+    assert counts == {"image_encoder": 5_726_740, "prompt_encoder": 6_220, "mask_decoder": 4_058_340}

@@ -1,11 +1,17 @@
 """Fundus data: one sample format, the synthetic benchmark, and loaders for real datasets."""
-from .dataset import FundusDataset, SampleRef, group_by_domain, load_folder_domain
+from .dataset import MASK_READERS, FundusDataset, SampleRef, group_by_domain, load_folder_domain
+from .real import LOADERS, load_dataset
 from .sample import GLAUCOMA_SUSPECT_VCDR, FundusSample, mask_box, vertical_cdr
 from .synthetic import (DOMAINS, SEVERITY_STEPS, SOURCE_DOMAIN, TARGET_DOMAINS, DomainStyle, benchmark_dir,
                         generate_benchmark, generate_sample, load_benchmark, style_at, style_table)
 
 __all__ = [
-    "FundusDataset", "SampleRef", "group_by_domain", "load_folder_domain", "SEVERITY_STEPS", "style_table", "FundusSample", "GLAUCOMA_SUSPECT_VCDR", "mask_box",
-    "vertical_cdr", "DOMAINS", "SOURCE_DOMAIN", "TARGET_DOMAINS", "DomainStyle", "benchmark_dir",
-    "generate_benchmark", "generate_sample", "load_benchmark", "style_at",
+    # one sample format, lazily loaded datasets
+    "FundusSample", "FundusDataset", "SampleRef", "MASK_READERS", "group_by_domain", "load_folder_domain",
+    "GLAUCOMA_SUSPECT_VCDR", "mask_box", "vertical_cdr",
+    # the synthetic benchmark
+    "DOMAINS", "SOURCE_DOMAIN", "TARGET_DOMAINS", "SEVERITY_STEPS", "DomainStyle", "style_at", "style_table",
+    "generate_sample", "generate_benchmark", "load_benchmark", "benchmark_dir",
+    # real datasets
+    "LOADERS", "load_dataset",
 ]

@@ -37,24 +37,9 @@ def _read_labelmap(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
     return decode_label_map(read_mask(paths[0]), paths[0])
 
 
-def _binary(path: Path) -> np.ndarray:
-    """A binary or soft mask: values 0/1 are taken as is, 0..255 are thresholded at mid-grey."""
-    m = read_mask(path)
-    return m >= (1 if m.max() <= 1 else 128)
-
-
-def _read_disc_cup_pair(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Two binary masks: ``(disc, cup)``; soft maps thresholded at 50 %."""
-    disc, cup = _binary(paths[0]), _binary(paths[1])
-    if disc.shape != cup.shape:
-        raise DataError(f"disc mask {paths[0]} ({disc.shape}) and cup mask {paths[1]} ({cup.shape}) differ in size")
-    return disc | cup, cup
-
-
-#: Mask decoders by format name. Loaders may register more (e.g. several annotators).
+#: Mask decoders by format name. ``data.real`` registers the formats of the public datasets.
 MASK_READERS: dict[str, Callable[[Sequence[Path]], tuple[np.ndarray, np.ndarray]]] = {
     "labelmap": _read_labelmap,
-    "disc_cup_pair": _read_disc_cup_pair,
 }
 
 

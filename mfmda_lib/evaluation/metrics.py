@@ -302,8 +302,8 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
 
 
 def _table_metrics(df: pd.DataFrame) -> list[str]:
-    """Metric names of a :func:`per_domain_table` frame (columns with a ``_std`` partner)."""
-    return [c for c in df.columns if c != "n" and not c.endswith("_std") and f"{c}_std" in df.columns]
+    """Value columns of a table: every column but ``n`` and the ``_std`` partners."""
+    return [c for c in df.columns if c != "n" and not (c.endswith("_std") and c[:-4] in df.columns)]
 
 
 def _cell(mean: float, std: float, digits: int) -> str:
@@ -329,7 +329,7 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """Render a :func:`per_domain_table` frame as a Markdown table of ``mean ± std`` cells.
+    """Render a table as Markdown: ``mean ± std`` where a column has a ``_std`` partner, else the value.
 
     Uses ``DataFrame.to_markdown`` when the optional ``tabulate`` package is installed, else a
     small built-in formatter; both give a header row, an alignment row and one line per row.
@@ -344,8 +344,7 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> str:
     metrics = _table_metrics(df)
     if not metrics:
         raise ValueError(
-            f"format_table: no metric columns with a '_std' partner in {list(df.columns)}; "
-            "pass the output of per_domain_table"
+            f"format_table: no value columns in {list(df.columns)} (only 'n' and '_std' columns)"
         )
     keys = list(df.index.names) if isinstance(df.index, pd.MultiIndex) else [df.index.name or "domain"]
     header = keys + (["n"] if "n" in df.columns else []) + metrics
@@ -354,7 +353,7 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> str:
         cells = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
         if "n" in df.columns:
             cells.append(str(int(row["n"])))
-        cells += [_cell(row[m], row[f"{m}_std"], digits) for m in metrics]
+        cells += [_cell(row[m], row.get(f"{m}_std", float("nan")), digits) for m in metrics]
         body.append(cells)
     try:
         import tabulate  # noqa: F401  (optional: only decides which formatter runs)
