@@ -35,7 +35,7 @@ def _cmd_models(args) -> None:
 
 
 def _cmd_zero_shot(args) -> None:
-    from .experiments import model_and_cache, run_zero_shot, save_result
+    from .experiments import model_and_cache, prepare_benchmark, run_zero_shot, save_result
     from .plots import zero_shot_figure
     from .profiles import get_device, get_profile
 
@@ -43,6 +43,7 @@ def _cmd_zero_shot(args) -> None:
     start = time.perf_counter()
     print(f"mfmda zero-shot | profile {profile.name} | model {args.model} | device {get_device()} | "
           f"{profile.eval_per_domain} test images per domain")
+    print(f"benchmark: {prepare_benchmark(profile)}")
     model, cache = model_and_cache(args.model, checkpoint=args.checkpoint)
     result = run_zero_shot(profile, model, cache)
     table = result.table()
