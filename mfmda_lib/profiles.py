@@ -46,6 +46,14 @@ class Profile:
         severity: default domain-shift severity of the synthetic benchmark (0 = no shift).
         encoder_batch_size: images per forward pass of a frozen encoder.
         seed: global seed of data generation and every run.
+        adapter_epochs: epochs of supervised decoder-adapter / decoder fine-tuning (notebook 05).
+        adapter_batch_size: cached embeddings per optimisation step (notebook 05).
+        lora_train_images: source images used to train encoder LoRA (it re-runs the encoder).
+        lora_epochs: epochs of encoder LoRA training.
+        tta_steps: optimisation steps of single-image / per-batch test-time adaptation.
+        small_model_size: image side for the small CNN trained from scratch (notebook 06).
+        small_model_epochs: epochs of training that CNN on the source domain.
+        tta_batch_size: test images per adaptation batch (notebook 06).
     """
 
     name: str
@@ -58,6 +66,15 @@ class Profile:
     severity: float = 1.0
     encoder_batch_size: int = 4
     seed: int = 0
+    # notebooks 05-06: SAM decoder adapters and test-time adaptation
+    adapter_epochs: int = 20
+    adapter_batch_size: int = 8
+    lora_train_images: int = 8
+    lora_epochs: int = 2
+    tta_steps: int = 10
+    small_model_size: int = 96
+    small_model_epochs: int = 20
+    tta_batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.name not in ("ci", "cpu", "gpu"):
@@ -65,7 +82,8 @@ class Profile:
         if self.image_size < 64 or self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
         for f in ("train_per_domain", "test_per_domain", "eval_per_domain", "probe_per_domain",
-                  "encoder_batch_size"):
+                  "encoder_batch_size", "adapter_epochs", "adapter_batch_size", "lora_train_images", "lora_epochs",
+                  "tta_steps", "small_model_size", "small_model_epochs", "tta_batch_size"):
             if getattr(self, f) < 1:
                 raise ValueError(f"profile {self.name}: {f} must be >= 1, got {getattr(self, f)}")
         if self.eval_per_domain > self.test_per_domain:
@@ -84,13 +102,19 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # Continuous integration on 2 CPU cores: every loop runs, each notebook in < 3 minutes.
     "ci": Profile(name="ci", train_per_domain=8, test_per_domain=6, eval_per_domain=4,
-                  probe_per_domain=6, probe_folds=3, encoder_batch_size=2),
+                  probe_per_domain=6, probe_folds=3, encoder_batch_size=2,
+                  adapter_epochs=2, adapter_batch_size=4, lora_train_images=2, lora_epochs=1, tta_steps=2,
+                  small_model_size=64, small_model_epochs=2, tta_batch_size=4),
     # A laptop or a 2-core VM: real numbers, each notebook in < 15 minutes.
     "cpu": Profile(name="cpu", train_per_domain=40, test_per_domain=20, eval_per_domain=16,
-                   probe_per_domain=20, probe_folds=5, encoder_batch_size=4),
+                   probe_per_domain=20, probe_folds=5, encoder_batch_size=4,
+                   adapter_epochs=20, adapter_batch_size=8, lora_train_images=8, lora_epochs=2, tta_steps=10,
+                   small_model_size=96, small_model_epochs=20, tta_batch_size=8),
     # One GPU (Colab T4 or better): the full-size runs.
     "gpu": Profile(name="gpu", train_per_domain=200, test_per_domain=100, eval_per_domain=100,
-                   probe_per_domain=100, probe_folds=5, encoder_batch_size=32),
+                   probe_per_domain=100, probe_folds=5, encoder_batch_size=32,
+                   adapter_epochs=40, adapter_batch_size=16, lora_train_images=200, lora_epochs=10, tta_steps=20,
+                   small_model_size=128, small_model_epochs=40, tta_batch_size=16),
 }
 
 
