@@ -191,6 +191,7 @@ def describe_environment(profile: Profile | None = None) -> str:
     return "\n".join([
         f"python {platform.python_version()} | " + " | ".join(versions),
         f"device: {device}{gpu} | torch threads: {torch.get_num_threads()}",
-        f"profile: {profile.name} -> {profile}",
+        f"profile: {profile.name} | " + ", ".join(f"{f.name}={getattr(profile, f.name)}"
+                                                 for f in dataclasses.fields(profile) if f.name != "name"),
         f"data: {p.data} | cache: {p.cache} | results: {p.results}",
     ])

@@ -167,14 +167,20 @@ def style_at(domain: str | DomainStyle, severity: float = 1.0) -> DomainStyle:
         s, t = np.asarray(getattr(source, name), float), np.asarray(getattr(style, name), float)
         v = s + severity * (t - s)
         values[name] = tuple(float(x) for x in v) if v.ndim else float(v)
-    values["rgb_gain"] = tuple(max(g, 0.2) for g in values["rgb_gain"])
-    values["gamma"] = max(values["gamma"], 0.3)
-    values["contrast"] = max(values["contrast"], 0.2)
-    values["jpeg_quality"] = float(np.clip(values["jpeg_quality"], 5, 100))
+    # extrapolation (severity > 1) stays inside what a real, if poor, camera produces
+    values["rgb_gain"] = tuple(float(np.clip(g, 0.35, 2.0)) for g in values["rgb_gain"])
+    values["gamma"] = float(np.clip(values["gamma"], 0.5, 2.0))
+    values["contrast"] = float(np.clip(values["contrast"], 0.4, 2.0))
+    values["brightness"] = float(np.clip(values["brightness"], -0.1, 0.1))
+    values["jpeg_quality"] = float(np.clip(values["jpeg_quality"], 20, 100))
     values["glaucoma_fraction"] = float(np.clip(values["glaucoma_fraction"], 0, 1))
-    values["disc_radius"] = float(np.clip(values["disc_radius"], 0.05, 0.22))
-    values["fov_radius"] = max(values["fov_radius"], 0.45)
-    for name in ("vignetting", "illumination", "blur_sigma", "noise_sigma", "disc_radius_sd"):
+    values["disc_radius"] = float(np.clip(values["disc_radius"], 0.06, 0.2))
+    values["fov_radius"] = max(values["fov_radius"], 0.5)
+    values["vignetting"] = float(np.clip(values["vignetting"], 0.0, 0.75))
+    values["blur_sigma"] = float(np.clip(values["blur_sigma"], 0.0, 2.5))
+    values["noise_sigma"] = float(np.clip(values["noise_sigma"], 0.0, 0.05))
+    values["vessel_contrast"] = float(np.clip(values["vessel_contrast"], 0.4, 1.0))
+    for name in ("illumination", "disc_radius_sd"):
         values[name] = max(values[name], 0.0)
     return dataclasses.replace(style, **values)
 
@@ -377,7 +383,7 @@ def generate_sample(domain: str, index: int, *, split: str = "train", size: int 
 # ---------------------------------------------------------------------------------------------
 
 _MANIFEST = "benchmark.json"
-_VERSION = 1  # bump when the renderer changes, so stale benchmarks are regenerated
+_VERSION = 2  # bump when the renderer changes, so stale benchmarks are regenerated
 
 
 def benchmark_dir(root: str | Path, *, size: int, severity: float, seed: int) -> Path:
