@@ -46,6 +46,9 @@ __all__ = [
     "hstack_images",
     "failure_gallery",
     "zero_shot_figure",
+    "tta_settings_figure",
+    "tta_stream_figure",
+    "method_domain_bars",
     "DISC_COLOUR",
     "CUP_COLOUR",
     "BOX_COLOUR",
@@ -489,6 +492,84 @@ def failure_gallery(result, metric: str = "disc_dice", per_domain: int = 1, *,
     return _finish(fig, save_path)
 
 
+def tta_settings_figure(settings: pd.DataFrame, metrics: Sequence[str] = ("delta_disc_dice", "delta_cup_dice"), *,
+                        title: str | None = None, save_path: str | os.PathLike | None = None) -> Figure:
+    """Change of mean target Dice over source-only, per test-time method and setting (notebook 06).
+
+    Args:
+        settings: indexed by ``(setting, method)`` with the ``metrics`` columns, e.g.
+            :attr:`mfmda_lib.adapt.tta_benchmark.TTAResult.settings`.
+        metrics: columns to draw, one panel each (bars left of zero: the method hurt).
+        title: figure title.
+        save_path: if given, also save the figure there.
+
+    Returns:
+        The figure; each panel holds one bar container per setting.
+    """
+    if not isinstance(settings.index, pd.MultiIndex) or list(settings.index.names) != ["setting", "method"]:
+        raise ValueError("tta_settings_figure: settings must be indexed by (setting, method)")
+    metrics = list(metrics)
+    names = list(dict.fromkeys(settings.index.get_level_values("setting")))
+    methods = list(dict.fromkeys(settings.index.get_level_values("method")))
+    height = 0.8 / len(names)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.5 * len(methods) * 1.6 + 1.2),
+                             squeeze=False, sharey=True)
+    colours = sns.color_palette("colorblind", len(names))
+    for ax, metric in zip(axes[0], metrics):
+        for k, name in enumerate(names):
+            values = settings.loc[name][metric].reindex(methods)
+            ax.barh(np.arange(len(methods)) + (k - (len(names) - 1) / 2) * height, values, height,
+                    color=colours[k], label=name)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(np.arange(len(methods)), methods, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(metric + " (vs. source-only)")
+    axes[0, -1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, save_path)
+
+
+def tta_stream_figure(rows: Sequence[dict], metric: str = "disc_dice", *, methods: Sequence[str] | None = None,
+                      title: str | None = None, save_path: str | os.PathLike | None = None) -> Figure:
+    """Per-batch ``metric`` along a continual test-time stream, one line per method (notebook 06).
+
+    Args:
+        rows: per-image rows with ``method``, ``step`` (batch number), ``domain`` and ``metric``.
+        metric: the score to draw.
+        methods: which methods, in order (default: all, by first appearance).
+        title: axes title.
+        save_path: if given, also save the figure there.
+
+    Returns:
+        The figure; the background is shaded by domain, so a switch of domain is visible.
+    """
+    frame = pd.DataFrame(list(rows))
+    missing = [k for k in ("method", "step", "domain", metric) if k not in frame.columns]
+    if frame.empty or missing:
+        raise ValueError(f"tta_stream_figure: rows lack {missing or 'everything'}")
+    methods = list(methods or dict.fromkeys(frame["method"]))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    steps = frame.groupby("step")["domain"].first()
+    domain_colours = _domain_colours(list(dict.fromkeys(steps)))
+    for step, domain in steps.items():
+        ax.axvspan(step - 0.5, step + 0.5, color=domain_colours[domain], alpha=0.12, lw=0)
+    for domain in dict.fromkeys(steps):
+        first = steps.index[steps == domain][0]
+        ax.text(first - 0.4, 1.0, domain, fontsize=7, va="top", transform=ax.get_xaxis_transform())
+    for method in methods:
+        curve = frame[frame["method"] == method].groupby("step")[metric].mean()
+        ax.plot(curve.index, curve.to_numpy(), marker="o", ms=3, label=method)
+    ax.set_xlabel("test batch along the stream")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _finish(fig, save_path)
+
+
 def zero_shot_figure(result, metrics: Sequence[str] = ("disc_dice", "cup_dice"), *,
                      save_path: str | os.PathLike | None = None) -> Figure:
     """Summary of one evaluation run: an example overlay per domain above per-domain box plots.
@@ -525,4 +606,43 @@ def zero_shot_figure(result, metrics: Sequence[str] = ("disc_dice", "cup_dice"),
         sns.stripplot(data=frame, x="domain", y=m, order=domains, color="black", size=3, ax=ax)
         ax.set_xlabel("")
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    return _finish(fig, save_path)
+
+
+def method_domain_bars(table: pd.DataFrame, metrics: Sequence[str] = ("disc_dice", "cup_dice"), *,
+                       title: str | None = None, save_path: str | os.PathLike | None = None) -> Figure:
+    """Grouped bars of a ``(method, domain)`` table: one panel per metric, domains on x, one bar per method.
+
+    Args:
+        table: a :func:`mfmda_lib.evaluation.per_domain_table` indexed by ``(method, domain)``, with
+            ``m`` and ``m_std`` columns (the ``mean`` rows are drawn as their own group).
+        metrics: the columns to draw, one panel each; error bars are the ``_std`` columns.
+        title: figure title.
+        save_path: if given, also save the figure there.
+
+    Returns:
+        The figure; each panel holds one bar container per method.
+    """
+    if not isinstance(table.index, pd.MultiIndex) or list(table.index.names) != ["method", "domain"]:
+        raise ValueError("method_domain_bars: table must be indexed by (method, domain); "
+                         "give per_domain_table rows a 'method' key")
+    metrics = list(metrics)
+    methods = list(dict.fromkeys(table.index.get_level_values("method")))
+    domains = list(dict.fromkeys(table.index.get_level_values("domain")))
+    width = 0.8 / len(methods)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.4 * len(domains) * len(metrics) + 2, 3.6), squeeze=False)
+    colours = sns.color_palette("colorblind", len(methods))
+    for ax, metric in zip(axes[0], metrics):
+        for k, method in enumerate(methods):
+            part = table.loc[method].reindex(domains)
+            std = part[f"{metric}_std"] if f"{metric}_std" in part else None
+            ax.bar(np.arange(len(domains)) + (k - (len(methods) - 1) / 2) * width, part[metric], width,
+                   yerr=std, capsize=2, color=colours[k], label=method)
+        ax.set_xticks(np.arange(len(domains)), domains, rotation=20, fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1.05)
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _finish(fig, save_path)

@@ -108,8 +108,8 @@ PROFILES: dict[str, Profile] = {
     # A laptop or a 2-core VM: real numbers, each notebook in < 15 minutes.
     "cpu": Profile(name="cpu", train_per_domain=40, test_per_domain=20, eval_per_domain=16,
                    probe_per_domain=20, probe_folds=5, encoder_batch_size=4,
-                   adapter_epochs=20, adapter_batch_size=8, lora_train_images=8, lora_epochs=2, tta_steps=10,
-                   small_model_size=96, small_model_epochs=20, tta_batch_size=8),
+                   adapter_epochs=6, adapter_batch_size=8, lora_train_images=8, lora_epochs=2, tta_steps=5,
+                   small_model_size=96, small_model_epochs=60, tta_batch_size=8),
     # One GPU (Colab T4 or better): the full-size runs.
     "gpu": Profile(name="gpu", train_per_domain=200, test_per_domain=100, eval_per_domain=100,
                    probe_per_domain=100, probe_folds=5, encoder_batch_size=32,

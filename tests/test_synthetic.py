@@ -107,7 +107,7 @@ def test_interrupted_or_corrupted_benchmark_is_regenerated(tmp_path, monkeypatch
     kw = dict(domains=["refuge_test"], train_per_domain=2, test_per_domain=1, size=64, progress=False)
     with pytest.raises(KeyboardInterrupt):
         generate_benchmark(tmp_path, **kw)
-    out = synthetic.benchmark_dir(tmp_path, size=64, severity=1.0, seed=0)
+    out = synthetic.benchmark_dir(tmp_path, size=64, severity=1.0, seed=0, train_per_domain=2, test_per_domain=1)
     assert not (out / "benchmark.json").exists()
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(DataError, match="not a complete synthetic benchmark"):
@@ -138,3 +138,12 @@ GOLDEN_TEST_0 = {  # domain: (disc px, cup px, vCDR, glaucoma) of generate_sampl
 def test_golden_values_printed_by_notebook_00(domain):
     s = generate_sample(domain, 0, split="test", size=256)
     assert (int(s.disc.sum()), int(s.cup.sum()), round(s.vcdr, 3), s.glaucoma) == GOLDEN_TEST_0[domain]
+
+
+def test_benchmarks_of_different_sizes_coexist(tmp_path):
+    kw = dict(domains=["refuge_test"], size=64, progress=False)
+    small = generate_benchmark(tmp_path, train_per_domain=1, test_per_domain=1, **kw)
+    large = generate_benchmark(tmp_path, train_per_domain=2, test_per_domain=1, **kw)
+    assert small != large and (small / "benchmark.json").is_file() and (large / "benchmark.json").is_file()
+    # the small one is still complete, and its images are the first images of the large one
+    assert np.array_equal(load_benchmark(small, "train")[0].image, load_benchmark(large, "train")[0].image)

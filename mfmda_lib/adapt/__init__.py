@@ -1,5 +1,12 @@
-"""Adaptation methods, one module per family: decoder adapters, test-time adaptation, ...
+"""Adaptation methods, one module per family, each with a small verb API.
 
-Each family exposes a small verb API (``inject`` / ``merge`` for adapters; ``adapt`` / ``reset``
-for test-time methods) so a notebook compares methods in one loop.
+- ``decoder_adapter``: SAM-DA adapter tokens in SAM's mask decoder behind zero-initialised gates
+  (``inject`` / ``remove`` / ``adapter_parameters`` / ``adapter_state_dict``).
+- ``sam_tuning``: supervised training of the adapter or the whole decoder on cached embeddings,
+  encoder LoRA with ``peft``, single-image test-time adaptation of the adapter.
+- ``sam_comparison``: notebook 05's comparison of those methods with the frozen model.
+- ``tta``: test-time adaptation methods sharing one interface (wrap a model, ``adapt(x)``,
+  ``predict(x)``, ``reset()``): source-only, norm statistics, Tent, pseudo-labels, MEMO, mean teacher.
+- ``tta_benchmark``: the source model, the three regimes (episodic, online, continual) and
+  forgetting, for notebook 06.
 """

@@ -386,9 +386,11 @@ _MANIFEST = "benchmark.json"
 _VERSION = 2  # bump when the renderer changes, so stale benchmarks are regenerated
 
 
-def benchmark_dir(root: str | Path, *, size: int, severity: float, seed: int) -> Path:
-    """The folder for one benchmark configuration under ``root``."""
-    return Path(root) / f"synthetic_fundus_v{_VERSION}_{size}px_sev{severity:g}_seed{seed}"
+def benchmark_dir(root: str | Path, *, size: int, severity: float, seed: int, train_per_domain: int,
+                  test_per_domain: int) -> Path:
+    """The folder for one benchmark configuration under ``root`` (profiles never share one)."""
+    return Path(root) / (f"synthetic_fundus_v{_VERSION}_{size}px_sev{severity:g}_seed{seed}"
+                         f"_{train_per_domain}x{test_per_domain}")
 
 
 def _config(domains, train_per_domain, test_per_domain, size, severity, seed) -> dict:
@@ -430,7 +432,8 @@ def generate_benchmark(root: str | Path, *, domains: Sequence[str] | None = None
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
         raise ValueError(f"unknown synthetic domain(s) {unknown}; known: {sorted(DOMAINS)}")
-    out = benchmark_dir(root, size=size, severity=severity, seed=seed)
+    out = benchmark_dir(root, size=size, severity=severity, seed=seed, train_per_domain=train_per_domain,
+                        test_per_domain=test_per_domain)
     config = _config(domains, train_per_domain, test_per_domain, size, severity, seed)
     if not overwrite and _verify(out, config):
         return out

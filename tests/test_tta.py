@@ -1,0 +1,215 @@
+"""Test-time adaptation: what each method may change, the shared interface, reset, the source checkpoint."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mfmda_lib.adapt import tta
+from mfmda_lib.adapt import tta_benchmark as tb
+from mfmda_lib.data import generate_sample
+from mfmda_lib.models.unet import UNet, UNetConfig
+
+SIZE = 32
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = UNet(UNetConfig(base_channels=4, depth=2))
+    with torch.no_grad():  # give the running statistics non-trivial source values
+        m.train()
+        for _ in range(3):
+            m(torch.randn(4, 3, SIZE, SIZE))
+    return m.eval()
+
+
+@pytest.fixture
+def shifted_batch():
+    torch.manual_seed(1)
+    return torch.randn(4, 3, SIZE, SIZE) * 2.0 + 1.5  # a colour/contrast shift away from the source
+
+
+def _state(module: nn.Module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _bn_affine_names(model: nn.Module) -> set:
+    return {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) for p in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("name", list(tta.METHODS))
+def test_every_method_returns_disc_and_cup_logits_and_leaves_the_source_model_alone(name, model, shifted_batch):
+    before = _state(model)
+    method = tta.METHODS[name](model, tta.TTAConfig(steps=2))
+    out = method.adapt(shifted_batch)
+    assert out.shape == (4, 2, SIZE, SIZE) and torch.isfinite(out).all()
+    assert method.predict(shifted_batch).shape == (4, 2, SIZE, SIZE)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "wrap a copy, not the model"
+
+
+def test_tent_trains_exactly_the_batchnorm_affine_parameters(model, shifted_batch):
+    method = tta.Tent(model, tta.TTAConfig(lr=1e-2))
+    trainable = {n for n, p in method.model.named_parameters() if p.requires_grad}
+    assert trainable == _bn_affine_names(method.model)
+    assert len(method.params) == len(trainable) == 2 * sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    opt_params = {id(p) for g in method.optimizer.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for n, p in method.model.named_parameters() if n in trainable}
+
+    before = _state(method.model)
+    method.adapt(shifted_batch)
+    after = method.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= _bn_affine_names(method.model), f"Tent changed {changed - _bn_affine_names(method.model)}"
+
+
+def test_tent_lowers_the_entropy_it_minimises(model, shifted_batch):
+    method = tta.Tent(model, tta.TTAConfig(lr=1e-2))
+    first = tta.binary_entropy(method.predict(shifted_batch)).mean()
+    for _ in range(5):
+        method.adapt(shifted_batch)
+    assert tta.binary_entropy(method.predict(shifted_batch)).mean() < first
+
+
+def test_norm_stats_normalises_with_the_batch_and_changes_no_parameter(model, shifted_batch):
+    method = tta.NormStats(model)
+    assert method.optimizer is None and not any(p.requires_grad for p in method.parameters())
+    params_before = {n: p.clone() for n, p in method.model.named_parameters()}
+    out = method.adapt(shifted_batch)
+    source = tta.SourceOnly(model).adapt(shifted_batch)
+    assert not torch.allclose(out, source, atol=1e-3), "batch statistics must change the output on a shifted batch"
+    reference = copy.deepcopy(model).train()  # train-mode BN: the batch's own mean and variance
+    with torch.no_grad():
+        assert torch.allclose(out, reference(shifted_batch), atol=1e-5)
+    assert all(torch.equal(p, params_before[n]) for n, p in method.model.named_parameters())
+    # the output of one image depends on the rest of the batch: that is why batch size 1 is a failure case
+    alone = method.adapt(shifted_batch[:1])
+    assert not torch.allclose(alone, out[:1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tent", "pseudo_label", "memo", "mean_teacher"])
+def test_reset_restores_the_initial_state_exactly(name, model, shifted_batch):
+    method = tta.METHODS[name](model, tta.TTAConfig(lr=1e-2, steps=2, restore_prob=0.1))
+    initial_state, initial_out = _state(method), method.predict(shifted_batch)
+    method.adapt(shifted_batch)
+    assert not torch.allclose(method.predict(shifted_batch), initial_out), "adapt should change the model"
+    method.reset()
+    assert all(torch.equal(initial_state[k], v) for k, v in method.state_dict().items())
+    assert method.optimizer.state_dict()["state"] == {}
+    assert torch.equal(method.predict(shifted_batch), initial_out)
+    # and the run after a reset repeats the first one (augmentations and restore reseeded)
+    first = method.adapt(shifted_batch)
+    method.reset()
+    assert torch.equal(method.adapt(shifted_batch), first)
+
+
+class _FixedLogits(nn.Module):
+    """Returns learnable logits whatever the input: lets a test inspect the loss's gradient per pixel."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x):
+        return self.logits
+
+
+def test_pseudo_label_ignores_unconfident_pixels(model):
+    method = tta.PseudoLabel(model, tta.TTAConfig(threshold=0.9))
+    logits = torch.tensor([4.0, -4.0, 0.5, -0.5, 2.0]).reshape(1, 1, 1, 5).repeat(1, 2, 1, 1)  # p = .98 .02 .62 .38 .88
+    labels, mask = method.pseudo_labels(logits)
+    assert mask[0, 0, 0].tolist() == [1, 1, 0, 0, 0]
+    assert labels[0, 0, 0].tolist() == [1, 0, 1, 0, 1]
+    method.model = _FixedLogits(logits)
+    method.loss(torch.zeros(1, 3, 1, 5)).backward()
+    grad = method.model.logits.grad[0, 0, 0]
+    assert torch.all(grad[2:] == 0), "unconfident pixels must not contribute to the loss"
+    assert torch.all(grad[:2] != 0)
+
+
+def test_augment_views_line_up_after_undo():
+    x = torch.randn(2, 3, 8, 8)
+    views, undo = tta.augment(x, 4, jitter=0.0)
+    assert views.shape == (8, 3, 8, 8)
+    assert torch.allclose(undo(views), x.expand(4, -1, -1, -1, -1))
+
+
+def test_ema_update_is_the_mean_teacher_average():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    t0 = [p.clone() for p in teacher.parameters()]
+    tta.ema_update(teacher, student, alpha=0.9)
+    for t, t_old, s in zip(teacher.parameters(), t0, student.parameters()):
+        assert torch.allclose(t, 0.9 * t_old + 0.1 * s)
+
+
+def test_mean_teacher_follows_the_student_by_ema_and_predicts_with_the_teacher(model, shifted_batch):
+    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-2, ema_alpha=0.8, restore_prob=0.0))
+    source = [p.clone() for p in method.teacher.parameters()]
+    out = method.adapt(shifted_batch)
+    for t, t0, s in zip(method.teacher.parameters(), source, method.model.parameters()):
+        assert torch.allclose(t, 0.8 * t0 + 0.2 * s, atol=1e-6)
+    assert not torch.equal(method.model.head.weight, method.teacher.head.weight)
+    with torch.no_grad():
+        assert torch.equal(out, method.teacher(shifted_batch))
+
+
+def test_mean_teacher_stochastic_restore_returns_weights_to_the_source(model, shifted_batch):
+    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-1, restore_prob=1.0))
+    method.adapt(shifted_batch)
+    for p, p0 in zip(method.model.parameters(), method.source.parameters()):
+        assert torch.equal(p, p0)
+
+
+def test_config_errors_say_what_to_fix():
+    with pytest.raises(ValueError, match="threshold"):
+        tta.TTAConfig(threshold=0.3)
+    with pytest.raises(ValueError, match="params"):
+        tta.TTAConfig(params="some")
+    with pytest.raises(ValueError, match="BatchNorm"):
+        tta.Tent(nn.Conv2d(3, 2, 1))
+
+
+def _samples(domain, n, split):
+    return [generate_sample(domain, i, split=split, size=64) for i in range(n)]
+
+
+def test_source_model_checkpoint_is_loaded_when_present(tmp_path, monkeypatch):
+    train, val = _samples("refuge_train", 4, "train"), _samples("refuge_train", 2, "test")
+    config = tb.SourceTrainConfig(unet=UNetConfig(base_channels=4, depth=2), batch_size=2)
+    ckpt = tmp_path / "source.pt"
+    model, info = tb.train_source_model(train, val, size=SIZE, epochs=1, config=config, checkpoint=ckpt,
+                                        progress=False)
+    assert info["trained"] and ckpt.is_file() and not (tmp_path / "source.pt.partial").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the second call must load the checkpoint, not train")
+
+    monkeypatch.setattr(tb, "fit", no_training)
+    again, info2 = tb.train_source_model(train, val, size=SIZE, epochs=1, config=config, checkpoint=ckpt,
+                                         progress=False)
+    assert not info2["trained"] and info2["val_dice"] == info["val_dice"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert not again.training
+
+
+def test_regimes_reset_when_they_should(model):
+    samples = _samples("riga_binrushed", 4, "test")
+    stream = [("riga_binrushed", samples[:2]), ("riga_messidor", samples[2:])]
+    calls = []
+
+    class Spy(tta.SourceOnly):
+        def reset(self):
+            calls.append("reset")
+            super().reset()
+
+        def adapt(self, x):
+            calls.append("adapt")
+            return super().adapt(x)
+
+    for regime, expected in [("episodic", 1 + 4 * 2), ("online", 1 + 2 + 4), ("continual", 1 + 4)]:
+        calls.clear()
+        rows = tb.run_regime(Spy(model), stream, regime, batch_size=1, size=SIZE, method="spy")
+        assert len(calls) == expected and calls.count("adapt") == 4, regime
+        assert len(rows) == 4 and {r["regime"] for r in rows} == {regime} and rows[0]["method"] == "spy"
+        assert 0 <= rows[0]["disc_dice"] <= 1
