@@ -7,13 +7,7 @@ from mfmda_lib.data.synthetic import generate_sample
 from mfmda_lib.models import build_toy_segmenter, load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small decoder ops run faster on one thread (and far faster on a shared, busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
