@@ -7,6 +7,9 @@ Layers, bottom up (a lower layer never imports a higher one):
 - ``data``: one sample format, the synthetic multi-domain fundus benchmark, real-dataset loaders
 - ``models``: foundation-model registry (LiteMedSAM offline, SAM / MedSAM ViT-B), encoder cache
 - ``evaluation``: metrics, zero-shot evaluation, domain probes
+- ``train``: the one training loop (``fit``: tqdm, early stopping, resumable checkpoints)
+- ``ssl``: a small ViT with MAE and DINO pretraining, and downstream probes (notebook 02)
+- ``adapt``: decoder adapters, SAM tuning, test-time adaptation (notebooks 05-06)
 - ``plots``: every figure helper
 - ``experiments``: the notebooks' experiments in a few calls; ``cli``: the ``mfmda`` command
 """

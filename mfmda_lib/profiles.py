@@ -54,6 +54,10 @@ class Profile:
         small_model_size: image side for the small CNN trained from scratch (notebook 06).
         small_model_epochs: epochs of training that CNN on the source domain.
         tta_batch_size: test images per adaptation batch (notebook 06).
+        ssl_image_size: image side for self-supervised pretraining of the small ViT (notebook 02).
+        ssl_epochs: epochs of self-supervised pretraining (MAE, and the joint-embedding method).
+        ssl_batch_size: images per self-supervised step.
+        finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 02-04).
     """
 
     name: str
@@ -75,6 +79,11 @@ class Profile:
     small_model_size: int = 96
     small_model_epochs: int = 20
     tta_batch_size: int = 8
+    # notebooks 02-04: self-supervised pretraining, fine-tuning strategies, PEFT
+    ssl_image_size: int = 64
+    ssl_epochs: int = 30
+    ssl_batch_size: int = 32
+    finetune_epochs: int = 15
 
     def __post_init__(self) -> None:
         if self.name not in ("ci", "cpu", "gpu"):
@@ -83,7 +92,8 @@ class Profile:
             raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
         for f in ("train_per_domain", "test_per_domain", "eval_per_domain", "probe_per_domain",
                   "encoder_batch_size", "adapter_epochs", "adapter_batch_size", "lora_train_images", "lora_epochs",
-                  "tta_steps", "small_model_size", "small_model_epochs", "tta_batch_size"):
+                  "tta_steps", "small_model_size", "small_model_epochs", "tta_batch_size", "ssl_image_size", "ssl_epochs",
+                  "ssl_batch_size", "finetune_epochs"):
             if getattr(self, f) < 1:
                 raise ValueError(f"profile {self.name}: {f} must be >= 1, got {getattr(self, f)}")
         if self.eval_per_domain > self.test_per_domain:
@@ -104,17 +114,20 @@ PROFILES: dict[str, Profile] = {
     "ci": Profile(name="ci", train_per_domain=8, test_per_domain=6, eval_per_domain=4,
                   probe_per_domain=6, probe_folds=3, encoder_batch_size=2,
                   adapter_epochs=2, adapter_batch_size=4, lora_train_images=2, lora_epochs=1, tta_steps=2,
-                  small_model_size=64, small_model_epochs=2, tta_batch_size=4),
+                  small_model_size=64, small_model_epochs=2, tta_batch_size=4,
+                  ssl_image_size=64, ssl_epochs=1, ssl_batch_size=8, finetune_epochs=1),
     # A laptop or a 2-core VM: real numbers, each notebook in < 15 minutes.
     "cpu": Profile(name="cpu", train_per_domain=40, test_per_domain=20, eval_per_domain=16,
                    probe_per_domain=20, probe_folds=5, encoder_batch_size=4,
                    adapter_epochs=6, adapter_batch_size=8, lora_train_images=8, lora_epochs=2, tta_steps=5,
-                   small_model_size=96, small_model_epochs=60, tta_batch_size=8),
+                   small_model_size=96, small_model_epochs=60, tta_batch_size=8,
+                   ssl_image_size=64, ssl_epochs=100, ssl_batch_size=32, finetune_epochs=30),
     # One GPU (Colab T4 or better): the full-size runs.
     "gpu": Profile(name="gpu", train_per_domain=200, test_per_domain=100, eval_per_domain=100,
                    probe_per_domain=100, probe_folds=5, encoder_batch_size=32,
                    adapter_epochs=40, adapter_batch_size=16, lora_train_images=200, lora_epochs=10, tta_steps=20,
-                   small_model_size=128, small_model_epochs=40, tta_batch_size=16),
+                   small_model_size=128, small_model_epochs=40, tta_batch_size=16,
+                   ssl_image_size=128, ssl_epochs=200, ssl_batch_size=128, finetune_epochs=50),
 }
 
 

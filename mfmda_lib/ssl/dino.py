@@ -1,0 +1,217 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021, "Emerging Properties in
+Self-Supervised Vision Transformers").
+
+A *joint-embedding* method, the other family from MAE: nothing is reconstructed. Two augmented
+views of each image go through a student and a teacher network of the same architecture; the
+student is trained so that its softmax output on one view matches the teacher's on the other
+view (cross-entropy, Eq. 1). The teacher receives no gradient: its weights are an exponential
+moving average of the student's (Sec. 3.1, "Teacher network"), and collapse is avoided by
+*centering* the teacher's output with a running mean ``c`` and *sharpening* it with a low
+temperature (Sec. 3.1, "Avoiding collapse"; Eq. 4 for the centre update).
+
+Sections: config, helpers (augmentation, the three update rules), model (:class:`DINO` wraps a
+:class:`ViTEncoder`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .vit import ViTEncoder
+
+__all__ = ["DINOConfig", "DINO", "DINOHead", "random_view", "two_views", "ema_update", "update_center", "dino_loss"]
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DINOConfig:
+    """Projection head, temperatures, momenta and augmentation of DINO pretraining.
+
+    Attributes:
+        out_dim: prototypes ``K`` of the softmax output.
+        hidden_dim: width of the projection MLP.
+        bottleneck_dim: width before the weight-normalised last layer.
+        student_temp: ``tau_s``.
+        teacher_temp: ``tau_t`` (lower: sharper teacher targets).
+        center_momentum: ``m`` of the centre's running mean (Eq. 4).
+        ema_momentum: ``lambda`` of the teacher's EMA of the student, at the start of training;
+            raised to 1 along a cosine schedule as in the paper.
+        crop_scale: range of the area fraction of the random resized crops.
+        jitter: strength of brightness / contrast / colour jitter (0: none).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+    """
+
+    out_dim: int = 256
+    hidden_dim: int = 256
+    bottleneck_dim: int = 64
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    ema_momentum: float = 0.99
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    jitter: float = 0.4
+    lr: float = 5e-4
+    weight_decay: float = 0.04
+
+    def __post_init__(self) -> None:
+        if not (0 < self.teacher_temp and 0 < self.student_temp):
+            raise ValueError("temperatures must be > 0")
+        for name in ("center_momentum", "ema_momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def random_view(x: torch.Tensor, scale: tuple[float, float], jitter: float, g: torch.Generator) -> torch.Tensor:
+    """One random resized crop, horizontal flip and colour jitter per image: ``(B, 3, S, S)`` -> same shape."""
+    b = len(x)
+    area = torch.empty(b).uniform_(*scale, generator=g)  # (B,) area fraction of the crop
+    side = area.sqrt()  # square crops
+    cx = (torch.rand(b, generator=g) * 2 - 1) * (1 - side)  # crop centre stays inside the image
+    cy = (torch.rand(b, generator=g) * 2 - 1) * (1 - side)
+    flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = side * flip, side
+    theta[:, 0, 2], theta[:, 1, 2] = cx, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, S, S, 2)
+    v = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if jitter > 0:
+        gain = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * jitter  # brightness / contrast
+        shift = (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1) * jitter * 0.5  # per-channel colour
+        mean = v.mean(dim=(1, 2, 3), keepdim=True)
+        v = (v - mean) * gain + mean + shift
+    return v
+
+
+def two_views(x: torch.Tensor, config: DINOConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent augmentations of a batch ``(B, 3, S, S)`` (DINO's two global crops)."""
+    return (random_view(x, config.crop_scale, config.jitter, generator),
+            random_view(x, config.crop_scale, config.jitter, generator))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``theta_t <- lambda * theta_t + (1 - lambda) * theta_s`` for every parameter (Sec. 3.1)."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: float) -> torch.Tensor:
+    """Eq. 4: ``c <- m * c + (1 - m) * mean_batch(g_t(x))``; ``center (1, K)``, ``teacher_out (B, K)``."""
+    return center * momentum + teacher_out.mean(dim=0, keepdim=True) * (1 - momentum)
+
+
+def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """Eq. 1 over all pairs of different views: ``- sum P_t(x') log P_s(x)``, averaged.
+
+    Args:
+        student_out, teacher_out: one ``(B, K)`` logit tensor per view.
+        center: ``(1, K)``, subtracted from the teacher's logits before its sharp softmax.
+    """
+    targets = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher_out]  # centre + sharpen
+    log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
+    total, pairs = 0.0, 0
+    for i, target in enumerate(targets):
+        for j, log_p in enumerate(log_probs):
+            if i != j:  # never match a view with itself
+                total = total + (-target * log_p).sum(dim=-1).mean()
+                pairs += 1
+    return total / pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+
+class DINOHead(nn.Module):
+    """Projection head: MLP, L2-normalised bottleneck, weight-normalised linear layer to ``K`` logits."""
+
+    def __init__(self, in_dim: int, config: DINOConfig) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, config.hidden_dim), nn.GELU(),
+                                 nn.Linear(config.hidden_dim, config.bottleneck_dim))
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(config.bottleneck_dim, config.out_dim,
+                                                                          bias=False))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` -> ``(B, K)``."""
+        return self.last_layer(F.normalize(self.mlp(z), dim=-1))
+
+
+class _Branch(nn.Module):
+    """Encoder + head, reading the class token."""
+
+    def __init__(self, encoder: ViTEncoder, head: DINOHead) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)[:, 0])  # (B, K)
+
+
+class DINO(nn.Module):
+    """Student and EMA teacher around ``encoder`` (the student's encoder: pretrained weights live there).
+
+    ``loss = dino(x, generator)`` draws two views, runs both networks and updates the centre;
+    call :meth:`update_teacher` after every optimizer step (or let :meth:`forward` do it for the
+    previous step, as :func:`mfmda_lib.train.fit` has no after-step hook: ``lazy_teacher=True``).
+    """
+
+    def __init__(self, encoder: ViTEncoder, config: DINOConfig | None = None, *, total_steps: int = 1,
+                 lazy_teacher: bool = True) -> None:
+        super().__init__()
+        self.config = config or DINOConfig()
+        self.encoder = encoder
+        self.student = _Branch(encoder, DINOHead(encoder.config.dim, self.config))
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, self.config.out_dim))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.total_steps, self.lazy_teacher = max(1, total_steps), lazy_teacher
+
+    @property
+    def teacher_encoder(self) -> ViTEncoder:
+        """The teacher's encoder: the one DINO evaluates and keeps (Sec. 3.1)."""
+        return self.teacher.encoder
+
+    def momentum(self) -> float:
+        """Cosine schedule of the teacher momentum from ``ema_momentum`` to 1 over ``total_steps``."""
+        t = min(1.0, float(self.step) / self.total_steps)
+        base = self.config.ema_momentum
+        return 1 - (1 - base) * (math.cos(math.pi * t) + 1) / 2
+
+    def update_teacher(self) -> None:
+        """EMA step of the teacher towards the student."""
+        ema_update(self.teacher, self.student, self.momentum())
+        self.step += 1
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``x (B, 3, S, S)`` -> scalar DINO loss over its two views."""
+        if self.lazy_teacher and self.training and int(self.step) > 0:
+            self.update_teacher()  # the student has changed since the last call
+        elif self.lazy_teacher and self.training:
+            self.step += 1
+        views = two_views(x, self.config, generator)
+        student_out = [self.student(v) for v in views]
+        with torch.no_grad():
+            teacher_out = [self.teacher(v) for v in views]
+        loss = dino_loss(student_out, teacher_out, self.center, self.config.student_temp, self.config.teacher_temp)
+        if self.training:
+            self.center.copy_(update_center(self.center, torch.cat(teacher_out), self.config.center_momentum))
+        return loss

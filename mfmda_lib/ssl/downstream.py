@@ -1,0 +1,239 @@
+"""Downstream evaluation of a (pretrained or random) ViT encoder with few labels.
+
+Two tasks, two protocols, one label-budget knob:
+
+* **tasks**: ``"vcdr"`` regresses the vertical cup-to-disc ratio from the mean patch token (its
+  threshold at 0.6 is the glaucoma-suspect label, scored by AUROC); ``"segmentation"`` predicts
+  disc and cup logits with a light decoder on the patch tokens (one linear layer per token to
+  its ``p x p`` pixels, as in SETR-naive, then a 3 x 3 convolution to smooth patch seams).
+* **protocols**: ``"linear_probe"`` freezes the encoder and trains the head only;
+  ``"finetune"`` trains both, the encoder with a smaller learning rate.
+* **label budget**: a fraction of the labelled source training images (:data:`LABEL_BUDGETS`).
+  Every run takes the same number of optimisation steps, whatever its budget, so a budget
+  changes the labels seen, not the compute.
+
+Sections: constants and config, heads, tensors, training, scoring.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..adapt.tta_benchmark import score_logits, to_tensor
+from ..data.sample import GLAUCOMA_SUSPECT_VCDR, FundusSample
+from ..train import FitConfig, fit
+from .vit import ViTEncoder, unpatchify
+
+__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "DownstreamConfig", "VCDRHead", "SegmentationHead",
+           "DownstreamModel", "budget_subset", "train_downstream", "evaluate"]
+
+#: Fractions of the labelled source training images given to each downstream run.
+LABEL_BUDGETS: tuple[float, ...] = (0.1, 0.3, 1.0)
+TASKS = ("vcdr", "segmentation")
+PROTOCOLS = ("linear_probe", "finetune")
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """Optimisation of one downstream run.
+
+    Attributes:
+        batch_size: labelled images per step.
+        lr_head: AdamW learning rate of the head.
+        lr_encoder: AdamW learning rate of the encoder when fine-tuning (layer-wise: all equal).
+        weight_decay: AdamW weight decay.
+        min_images: a budget never gives fewer images than this.
+    """
+
+    batch_size: int = 8
+    lr_head: float = 3e-3
+    lr_encoder: float = 3e-4
+    weight_decay: float = 0.01
+    min_images: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.min_images < 1:
+            raise ValueError("batch_size and min_images must be >= 1")
+        if self.lr_head <= 0 or self.lr_encoder <= 0:
+            raise ValueError("learning rates must be > 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# heads
+# ---------------------------------------------------------------------------------------------
+
+class VCDRHead(nn.Module):
+    """Linear regression of vCDR from the mean patch token: ``(B, N, D)`` -> ``(B,)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm, self.linear = nn.LayerNorm(dim), nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(tokens.mean(dim=1))).squeeze(-1)  # (B,)
+
+
+class SegmentationHead(nn.Module):
+    """Light decoder: each patch token -> its ``p x p`` disc/cup logits, then a 3 x 3 conv.
+
+    ``(B, N, D)`` -> ``(B, 2, S, S)``.
+    """
+
+    def __init__(self, dim: int, patch_size: int, channels: int = 2) -> None:
+        super().__init__()
+        self.patch_size, self.channels = patch_size, channels
+        self.norm = nn.LayerNorm(dim)
+        self.to_pixels = nn.Linear(dim, patch_size ** 2 * channels)
+        self.smooth = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pixels = self.to_pixels(self.norm(tokens))  # (B, N, p*p*2)
+        logits = unpatchify(pixels, self.patch_size, self.channels)  # (B, 2, S, S)
+        return logits + self.smooth(logits)
+
+
+class DownstreamModel(nn.Module):
+    """An encoder with a task head; the encoder is frozen for a linear probe."""
+
+    def __init__(self, encoder: ViTEncoder, task: str, protocol: str) -> None:
+        super().__init__()
+        if task not in TASKS or protocol not in PROTOCOLS:
+            raise ValueError(f"task must be one of {TASKS} and protocol one of {PROTOCOLS}, got {task!r}, {protocol!r}")
+        self.encoder, self.task, self.protocol = encoder, task, protocol
+        cfg = encoder.config
+        self.head = VCDRHead(cfg.dim) if task == "vcdr" else SegmentationHead(cfg.dim, cfg.patch_size)
+        self.encoder.requires_grad_(protocol == "finetune")
+
+    def train(self, mode: bool = True) -> "DownstreamModel":
+        super().train(mode)
+        if self.protocol == "linear_probe":
+            self.encoder.eval()  # a frozen encoder stays in eval mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, 3, S, S)`` -> vCDR ``(B,)`` or disc/cup logits ``(B, 2, S, S)``."""
+        return self.head(self.encoder.patch_tokens(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# tensors
+# ---------------------------------------------------------------------------------------------
+
+def budget_subset(samples: Sequence[FundusSample], fraction: float, *, min_images: int = 2,
+                  seed: int = 0) -> list[FundusSample]:
+    """A seeded random ``fraction`` of ``samples`` (at least ``min_images``); nested across fractions."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label budget must be in (0, 1], got {fraction}")
+    n = min(len(samples), max(min_images, round(fraction * len(samples))))
+    order = np.random.default_rng(seed).permutation(len(samples))  # same order for every fraction: nested
+    return [samples[i] for i in sorted(order[:n])]
+
+
+def task_tensors(samples: Sequence[FundusSample], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x (N, 3, S, S)``, masks ``(N, 2, S, S)`` and vCDR ``(N,)`` of ``samples`` at ``size`` px."""
+    x, masks = to_tensor(samples, size)
+    return x, masks, torch.tensor([s.vcdr for s in samples], dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+def _soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * y).sum(dim=(2, 3))
+    return 1 - ((2 * inter + eps) / (p.sum(dim=(2, 3)) + y.sum(dim=(2, 3)) + eps)).mean()
+
+
+def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Sequence[FundusSample], *,
+                     epochs: int, steps_per_epoch: int, config: DownstreamConfig | None = None, seed: int = 0,
+                     progress: bool = False) -> DownstreamModel:
+    """Train a head (and, when fine-tuning, a copy of ``encoder``) on labelled ``train`` images.
+
+    Args:
+        encoder: left untouched; the run trains a deep copy.
+        task: ``"vcdr"`` or ``"segmentation"``.
+        protocol: ``"linear_probe"`` or ``"finetune"``.
+        train: the labelled images of this budget.
+        epochs, steps_per_epoch: the run takes ``epochs * steps_per_epoch`` steps of ``batch_size``
+            images drawn with replacement from ``train`` (horizontal flips as augmentation).
+
+    Returns:
+        The trained :class:`DownstreamModel` in eval mode.
+    """
+    config = config or DownstreamConfig()
+    torch.manual_seed(seed)
+    model = DownstreamModel(copy.deepcopy(encoder), task, protocol)
+    x, masks, vcdr = task_tensors(train, encoder.config.image_size)
+    g = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int):
+        for _ in range(steps_per_epoch):
+            idx = torch.randint(len(x), (config.batch_size,), generator=g)
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            bx, by = x[idx].clone(), masks[idx].clone()
+            bx[flip], by[flip] = bx[flip].flip(-1), by[flip].flip(-1)  # vCDR is unchanged by a horizontal flip
+            yield bx, by, vcdr[idx]
+
+    def loss_fn(m, batch):
+        bx, by, bv = batch
+        out = m(bx)
+        if task == "vcdr":
+            return F.mse_loss(out, bv)
+        return F.binary_cross_entropy_with_logits(out, by) + _soft_dice_loss(out, by)
+
+    groups = [{"params": model.head.parameters(), "lr": config.lr_head}]
+    if protocol == "finetune":
+        groups.append({"params": model.encoder.parameters(), "lr": config.lr_encoder})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs), desc=f"{task} {protocol}", progress=progress)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: DownstreamModel, samples: Sequence[FundusSample], *, batch_size: int = 32, **tags) -> list[dict]:
+    """One row per sample with ``tags`` and ``domain``: disc/cup Dice (segmentation) or vCDR error (vcdr).
+
+    vCDR rows also carry the true and predicted vCDR and the glaucoma-suspect label, for AUROC.
+    """
+    model.eval()
+    size = model.encoder.config.image_size
+    rows = []
+    for i in range(0, len(samples), batch_size):
+        chunk = list(samples[i:i + batch_size])
+        x, _, vcdr = task_tensors(chunk, size)
+        out = model(x)
+        if model.task == "segmentation":
+            rows += [{k: r[k] for k in ("domain", "sample_id", "disc_dice", "cup_dice")} | tags
+                     for r in score_logits(out, chunk)]
+        else:
+            rows += [{**tags, "domain": s.domain, "sample_id": s.sample_id, "vcdr_true": float(v),
+                      "vcdr_pred": float(p), "vcdr_abs_err": abs(float(p) - float(v)),
+                      "suspect": int(float(v) >= GLAUCOMA_SUSPECT_VCDR)}
+                     for s, v, p in zip(chunk, vcdr, out)]
+    return rows
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve, or ``nan`` when only one class is present."""
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return math.nan
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, np.asarray(scores)))
