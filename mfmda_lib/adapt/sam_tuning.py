@@ -207,6 +207,7 @@ class PeakMemory:
         import psutil
 
         proc, self._stop = psutil.Process(), threading.Event()
+        self._proc = proc
         self._base = self._peak = proc.memory_info().rss
 
         def sample() -> None:
@@ -223,6 +224,7 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
+        self._peak = max(self._peak, self._proc.memory_info().rss)  # a last sample: the thread may not have run
         self.peak_mb = (self._peak - self._base) / 2**20
 
 
