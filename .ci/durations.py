@@ -10,7 +10,7 @@ def main(path: str) -> None:
         name = case.get("classname", "") or case.get("file", "")
         key = name.split("::")[0]
         if ".ipynb" in key or "notebooks" in key:
-            key = "notebook " + key.replace("notebooks.", "").replace(".", "/", 0)
+            key = "notebook " + key.replace("notebooks.", "")
         else:
             key = "unit tests"
         totals[key] += float(case.get("time", 0))

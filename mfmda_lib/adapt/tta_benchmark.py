@@ -34,7 +34,7 @@ from ..io import atomic_write
 from ..models.unet import UNet, UNetConfig
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
-from .tta import TTAConfig, TTAMethod
+from .tta import TTAMethod
 
 __all__ = ["SourceTrainConfig", "to_tensor", "masks_from_logits", "score_logits", "train_source_model",
            "source_model", "REGIMES", "run_regime", "forgetting", "TTAResult", "run_tta_benchmark"]
