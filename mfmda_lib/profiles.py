@@ -27,13 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Profile", "PROFILES", "get_profile", "get_device", "paths", "Paths", "seed_everything",
+__all__ = ["Profile", "PROFILES", "SIZES", "get_profile", "get_device", "paths", "Paths", "seed_everything",
            "describe_environment"]
 
 
 @dataclass(frozen=True)
 class Profile:
     """Every size the kit uses. Fields are grouped by the notebook or stage that reads them.
+
+    The values of the three profiles are in one table, ``SIZES`` below (one row per field).
 
     Attributes:
         name: ``ci``, ``cpu`` or ``gpu``.
@@ -58,44 +60,51 @@ class Profile:
         ssl_epochs: epochs of self-supervised pretraining (MAE, and the joint-embedding method).
         ssl_batch_size: images per self-supervised step.
         finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 02-04).
+        # -- notebooks 03-04 (fine-tuning strategies, PEFT): document new fields here --
+        # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
+        # -- notebook 10 (clinical evaluation): document new fields here --
     """
 
     name: str
-    image_size: int = 256
-    train_per_domain: int = 40
-    test_per_domain: int = 20
-    eval_per_domain: int = 20
-    probe_per_domain: int = 20
-    probe_folds: int = 5
-    severity: float = 1.0
-    encoder_batch_size: int = 4
-    seed: int = 0
+    image_size: int
+    train_per_domain: int
+    test_per_domain: int
+    eval_per_domain: int
+    probe_per_domain: int
+    probe_folds: int
+    severity: float
+    encoder_batch_size: int
+    seed: int
     # notebooks 05-06: SAM decoder adapters and test-time adaptation
-    adapter_epochs: int = 20
-    adapter_batch_size: int = 8
-    lora_train_images: int = 8
-    lora_epochs: int = 2
-    tta_steps: int = 10
-    small_model_size: int = 96
-    small_model_epochs: int = 20
-    tta_batch_size: int = 8
-    # notebooks 02-04: self-supervised pretraining, fine-tuning strategies, PEFT
-    ssl_image_size: int = 64
-    ssl_epochs: int = 30
-    ssl_batch_size: int = 32
-    finetune_epochs: int = 15
+    adapter_epochs: int
+    adapter_batch_size: int
+    lora_train_images: int
+    lora_epochs: int
+    tta_steps: int
+    small_model_size: int
+    small_model_epochs: int
+    tta_batch_size: int
+    # notebook 02: self-supervised pretraining
+    ssl_image_size: int
+    ssl_epochs: int
+    ssl_batch_size: int
+    finetune_epochs: int
+    # notebooks 03-04: fine-tuning strategies and PEFT (fields go here)
+    # notebooks 07-09 and the mfmda pipeline (fields go here)
+    # notebook 10: clinical evaluation (fields go here)
+
+    #: fields that may be 0 (every other integer field must be >= 1)
+    ZERO_ALLOWED = ("seed",)
 
     def __post_init__(self) -> None:
         if self.name not in ("ci", "cpu", "gpu"):
             raise ValueError(f"profile name must be ci, cpu or gpu, got {self.name!r}")
         if self.image_size < 64 or self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
-        for f in ("train_per_domain", "test_per_domain", "eval_per_domain", "probe_per_domain",
-                  "encoder_batch_size", "adapter_epochs", "adapter_batch_size", "lora_train_images", "lora_epochs",
-                  "tta_steps", "small_model_size", "small_model_epochs", "tta_batch_size", "ssl_image_size", "ssl_epochs",
-                  "ssl_batch_size", "finetune_epochs"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"profile {self.name}: {f} must be >= 1, got {getattr(self, f)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and value < (0 if f.name in self.ZERO_ALLOWED else 1):
+                raise ValueError(f"profile {self.name}: {f.name} must be >= 1, got {value}")
         if self.eval_per_domain > self.test_per_domain:
             raise ValueError(f"profile {self.name}: eval_per_domain ({self.eval_per_domain}) exceeds "
                              f"test_per_domain ({self.test_per_domain})")
@@ -109,25 +118,43 @@ class Profile:
         return dataclasses.replace(self, **changes)
 
 
+#: Every size of every profile, one row per field: ``field: (ci, cpu, gpu)``.
+#: ``ci``: continuous integration on 2 CPU cores, every loop runs, each notebook in < 3 minutes.
+#: ``cpu``: a laptop or a 2-core VM, real numbers, each notebook in < 15 minutes.
+#: ``gpu``: one GPU (Colab T4 or better), the full-size runs.
+SIZES: dict[str, tuple] = {
+    #                     ci    cpu   gpu
+    "image_size":         (256, 256, 256),
+    "train_per_domain":   (8, 40, 200),
+    "test_per_domain":    (6, 20, 100),
+    "eval_per_domain":    (4, 16, 100),
+    "probe_per_domain":   (6, 20, 100),
+    "probe_folds":        (3, 5, 5),
+    "severity":           (1.0, 1.0, 1.0),
+    "encoder_batch_size": (2, 4, 32),
+    "seed":               (0, 0, 0),
+    # notebooks 05-06
+    "adapter_epochs":     (2, 6, 40),
+    "adapter_batch_size": (4, 8, 16),
+    "lora_train_images":  (2, 8, 200),
+    "lora_epochs":        (1, 2, 10),
+    "tta_steps":          (2, 5, 20),
+    "small_model_size":   (64, 96, 128),
+    "small_model_epochs": (2, 60, 40),
+    "tta_batch_size":     (4, 8, 16),
+    # notebook 02
+    "ssl_image_size":     (64, 64, 128),
+    "ssl_epochs":         (1, 100, 200),
+    "ssl_batch_size":     (8, 32, 128),
+    "finetune_epochs":    (1, 30, 50),
+    # notebooks 03-04 (rows go here)
+    # notebooks 07-09 and the mfmda pipeline (rows go here)
+    # notebook 10 (rows go here)
+}
+
 PROFILES: dict[str, Profile] = {
-    # Continuous integration on 2 CPU cores: every loop runs, each notebook in < 3 minutes.
-    "ci": Profile(name="ci", train_per_domain=8, test_per_domain=6, eval_per_domain=4,
-                  probe_per_domain=6, probe_folds=3, encoder_batch_size=2,
-                  adapter_epochs=2, adapter_batch_size=4, lora_train_images=2, lora_epochs=1, tta_steps=2,
-                  small_model_size=64, small_model_epochs=2, tta_batch_size=4,
-                  ssl_image_size=64, ssl_epochs=1, ssl_batch_size=8, finetune_epochs=1),
-    # A laptop or a 2-core VM: real numbers, each notebook in < 15 minutes.
-    "cpu": Profile(name="cpu", train_per_domain=40, test_per_domain=20, eval_per_domain=16,
-                   probe_per_domain=20, probe_folds=5, encoder_batch_size=4,
-                   adapter_epochs=6, adapter_batch_size=8, lora_train_images=8, lora_epochs=2, tta_steps=5,
-                   small_model_size=96, small_model_epochs=60, tta_batch_size=8,
-                   ssl_image_size=64, ssl_epochs=100, ssl_batch_size=32, finetune_epochs=30),
-    # One GPU (Colab T4 or better): the full-size runs.
-    "gpu": Profile(name="gpu", train_per_domain=200, test_per_domain=100, eval_per_domain=100,
-                   probe_per_domain=100, probe_folds=5, encoder_batch_size=32,
-                   adapter_epochs=40, adapter_batch_size=16, lora_train_images=200, lora_epochs=10, tta_steps=20,
-                   small_model_size=128, small_model_epochs=40, tta_batch_size=16,
-                   ssl_image_size=128, ssl_epochs=200, ssl_batch_size=128, finetune_epochs=50),
+    name: Profile(name=name, **{field: row[i] for field, row in SIZES.items()})
+    for i, name in enumerate(("ci", "cpu", "gpu"))
 }
 
 

@@ -57,7 +57,7 @@ def test_profiles_are_validated_and_selected(monkeypatch):
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         get_profile()
     with pytest.raises(ValueError, match="eval_per_domain"):
-        Profile(name="ci", test_per_domain=2, eval_per_domain=5)
+        PROFILES["ci"].replace(test_per_domain=2, eval_per_domain=5)
     # ci really is the small one: every count is at most the cpu profile's
     for field in ("train_per_domain", "test_per_domain", "eval_per_domain", "probe_per_domain"):
         assert getattr(PROFILES["ci"], field) <= getattr(PROFILES["cpu"], field) <= getattr(PROFILES["gpu"], field)
