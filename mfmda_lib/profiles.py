@@ -63,6 +63,7 @@ class Profile:
         # -- notebooks 03-04 (fine-tuning strategies, PEFT): document new fields here --
         # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
         # -- notebook 10 (clinical evaluation): document new fields here --
+        bootstrap_resamples: bootstrap resamples behind every confidence interval (notebook 10).
     """
 
     name: str
@@ -92,6 +93,7 @@ class Profile:
     # notebooks 03-04: fine-tuning strategies and PEFT (fields go here)
     # notebooks 07-09 and the mfmda pipeline (fields go here)
     # notebook 10: clinical evaluation (fields go here)
+    bootstrap_resamples: int
 
     #: fields that may be 0 (every other integer field must be >= 1)
     ZERO_ALLOWED = ("seed",)
@@ -150,6 +152,7 @@ SIZES: dict[str, tuple] = {
     # notebooks 03-04 (rows go here)
     # notebooks 07-09 and the mfmda pipeline (rows go here)
     # notebook 10 (rows go here)
+    "bootstrap_resamples": (200, 2000, 5000),
 }
 
 PROFILES: dict[str, Profile] = {
