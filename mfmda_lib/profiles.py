@@ -61,6 +61,16 @@ class Profile:
         ssl_batch_size: images per self-supervised step.
         finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 02-04).
         # -- notebooks 03-04 (fine-tuning strategies, PEFT): document new fields here --
+        ft_train_images: labelled source images that fine-tuning / PEFT runs train on (notebooks 03-04).
+        ft_val_images: further source images held out for early stopping on the validation loss.
+        ft_eval_per_domain: test images per domain scored after each run (source = in-domain, targets).
+        ft_batch_size: images per optimisation step of a fine-tuning / PEFT run.
+        ft_epochs: epochs of each fine-tuning strategy (notebook 03; learning curves need several).
+        ft_first_unit: first encoder unit that notebook 03 may train (``mfmda_lib.models.prefix`` names);
+            the units before it are a frozen prefix whose outputs are cached on disk.
+        peft_epochs: epochs of each PEFT run (notebook 04).
+        peft_first_unit: first encoder unit that notebook 04's methods adapt (the rest is a cached prefix).
+        peft_lora_ranks: LoRA ranks of the rank sweep (notebook 04).
         # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
         # -- notebook 10 (clinical evaluation): document new fields here --
         bootstrap_resamples: bootstrap resamples behind every confidence interval (notebook 10).
@@ -91,6 +101,15 @@ class Profile:
     ssl_batch_size: int
     finetune_epochs: int
     # notebooks 03-04: fine-tuning strategies and PEFT (fields go here)
+    ft_train_images: int
+    ft_val_images: int
+    ft_eval_per_domain: int
+    ft_batch_size: int
+    ft_epochs: int
+    ft_first_unit: str
+    peft_epochs: int
+    peft_first_unit: str
+    peft_lora_ranks: tuple
     # notebooks 07-09 and the mfmda pipeline (fields go here)
     # notebook 10: clinical evaluation (fields go here)
     bootstrap_resamples: int
@@ -150,6 +169,15 @@ SIZES: dict[str, tuple] = {
     "ssl_batch_size":     (8, 32, 128),
     "finetune_epochs":    (1, 30, 50),
     # notebooks 03-04 (rows go here)
+    "ft_train_images":    (2, 8, 160),
+    "ft_val_images":      (1, 4, 40),
+    "ft_eval_per_domain": (1, 8, 100),
+    "ft_batch_size":      (2, 2, 16),
+    "ft_epochs":          (1, 6, 30),
+    "ft_first_unit":      ("layers.3.blocks.0", "layers.2.blocks.0", "patch_embed"),
+    "peft_epochs":        (1, 4, 20),
+    "peft_first_unit":    ("layers.3.blocks.0", "layers.3.blocks.0", "patch_embed"),
+    "peft_lora_ranks":    ((8,), (2, 4, 8, 16), (2, 4, 8, 16, 32)),
     # notebooks 07-09 and the mfmda pipeline (rows go here)
     # notebook 10 (rows go here)
     "bootstrap_resamples": (200, 2000, 5000),
