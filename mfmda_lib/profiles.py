@@ -72,6 +72,24 @@ class Profile:
         peft_first_unit: first encoder unit that notebook 04's methods adapt (the rest is a cached prefix).
         peft_lora_ranks: LoRA ranks of the rank sweep (notebook 04).
         # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
+        ddpm_image_size: side of the images the source DDPM models (notebooks 07-08; 64 on a CPU).
+        ddpm_base_channels: channels of the DDPM U-Net's first level (levels: x1, x2, x4, x4).
+        ddpm_train_images: source-domain images the source DDPM trains on.
+        ddpm_train_steps: optimisation steps of the source DDPM (the shipped checkpoint: the cpu value).
+        ddpm_fusion_steps: steps pretraining the content-fusion block on source reconstruction.
+        ddpm_batch_size: images per DDPM training step.
+        ddpm_demo_steps: steps of the from-scratch training demo in notebook 07.
+        ddpm_ddim_steps: DDIM sampling steps (generation and SDEdit).
+        ddpm_ancestral_steps: ancestral (DDPM) sampling steps.
+        ddpm_samples: images generated per figure.
+        stage1_k_target: K, unlabelled target images used to adapt the DDPM (MFM-DA: 10).
+        stage1_steps: stage-1 adaptation iterations (even and odd together).
+        stage1_batch_size: source and target images per stage-1 iteration.
+        stage1_t_translate: noise level the source is taken to before translation (MFM-DA: 600).
+        stage1_translate_steps: DDIM steps of the translation (MFM-DA: 25).
+        stage1_encoder_units: LiteMedSAM encoder units in f (2: first conv stage; 15: the full encoder).
+        stage1_feature_size: input side of f (256 required past 2 units).
+        stage1_eval_images: translated images scored for structure preservation (LiteMedSAM Dice).
         # -- notebook 10 (clinical evaluation): document new fields here --
         bootstrap_resamples: bootstrap resamples behind every confidence interval (notebook 10).
     """
@@ -111,6 +129,24 @@ class Profile:
     peft_first_unit: str
     peft_lora_ranks: tuple
     # notebooks 07-09 and the mfmda pipeline (fields go here)
+    ddpm_image_size: int
+    ddpm_base_channels: int
+    ddpm_train_images: int
+    ddpm_train_steps: int
+    ddpm_fusion_steps: int
+    ddpm_batch_size: int
+    ddpm_demo_steps: int
+    ddpm_ddim_steps: int
+    ddpm_ancestral_steps: int
+    ddpm_samples: int
+    stage1_k_target: int
+    stage1_steps: int
+    stage1_batch_size: int
+    stage1_t_translate: int
+    stage1_translate_steps: int
+    stage1_encoder_units: int
+    stage1_feature_size: int
+    stage1_eval_images: int
     # notebook 10: clinical evaluation (fields go here)
     bootstrap_resamples: int
 
@@ -179,6 +215,24 @@ SIZES: dict[str, tuple] = {
     "peft_first_unit":    ("layers.3.blocks.0", "layers.3.blocks.0", "patch_embed"),
     "peft_lora_ranks":    ((8,), (2, 4, 8, 16), (2, 4, 8, 16, 32)),
     # notebooks 07-09 and the mfmda pipeline (rows go here)
+    "ddpm_image_size":        (64, 64, 128),
+    "ddpm_base_channels":     (32, 32, 64),
+    "ddpm_train_images":      (16, 400, 400),
+    "ddpm_train_steps":       (4, 1000, 20000),
+    "ddpm_fusion_steps":      (2, 200, 2000),
+    "ddpm_batch_size":        (4, 16, 64),
+    "ddpm_demo_steps":        (3, 60, 2000),
+    "ddpm_ddim_steps":        (5, 50, 100),
+    "ddpm_ancestral_steps":   (10, 250, 1000),
+    "ddpm_samples":           (4, 8, 16),
+    "stage1_k_target":        (4, 10, 10),
+    "stage1_steps":           (4, 100, 1000),
+    "stage1_batch_size":      (2, 4, 8),
+    "stage1_t_translate":     (600, 600, 600),
+    "stage1_translate_steps": (5, 25, 25),
+    "stage1_encoder_units":   (2, 2, 15),
+    "stage1_feature_size":    (64, 64, 256),
+    "stage1_eval_images":     (2, 12, 100),
     # notebook 10 (rows go here)
     "bootstrap_resamples": (200, 2000, 5000),
 }
