@@ -1,0 +1,1 @@
+"""Diffusion models and MFM-DA stage 1 (notebooks 07-08)."""

@@ -1,0 +1,186 @@
+"""MFM-DA stage 1, the method: adapt the source DDPM to a target domain from K unlabelled images.
+
+Inputs: the content-conditioned source DDPM, the source images ``x_S`` (the ones to translate),
+K target images ``x_T``, and the frozen encoder ``f``. Each iteration (losses in :mod:`.losses`)::
+
+    even: x_S, t ~ U[300, 800) -> x_t = q(x_t | x_S),  x_c = q(x_t | x_S) with independent noise
+          x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t | x_c)) / sqrt(abar_t)
+          L = a(t) [ L_DC(f(x0_hat), f(x_S) + Delta) + L_style(x0_hat, x_T) ] + (20**0.9 - a(t)) L_diff(x_T, t)
+    odd:  t ~ U[0, 300):  L = (20**0.9 - a(t)) L_diff(x_T, t) / 5
+
+The U-Net, the fusion block and the DIAA train (Adam 1e-4, betas (0.9, 0.99)); the content path
+and ``f`` stay frozen. Variants, for the comparison in notebook 08:
+
+- ``"mfmda"``: as above, ``Delta`` from the DIAA (:mod:`.diaa`);
+- ``"static"``: the same with ``Delta = Delta_static = c_T - c_S`` for every image (no DIAA);
+- ``"naive"``: plain fine-tuning on the K target images (``L_diff`` at every ``t``): the classic
+  few-shot failure, the model memorises the K images.
+
+``L_diff`` on a target image is conditioned on that image itself (reconstruction), like the
+fusion block's pretraining. The loop is :func:`~.training.run_steps`: resumable and
+deterministic per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+
+from .conditioned import ContentConditionedUNet
+from .diaa import DIAA
+from .ddpm import predict_x0, q_sample
+from .features import FrozenFeatureEncoder
+from .losses import EVEN_T_RANGE, ODD_T_RANGE, distribution_consistency_loss, gram_matrix, stage1_weights, style_loss
+from .training import StepHistory, diffusion_loss, make_accelerator, run_steps
+
+__all__ = ["VARIANTS", "Stage1Config", "Stage1State", "adapt"]
+
+#: stage-1 variants; ``"none"`` means no adaptation (translate with the source DDPM).
+VARIANTS = ("none", "naive", "static", "mfmda")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """How to adapt.
+
+    Attributes:
+        variant: ``"mfmda"``, ``"static"`` or ``"naive"`` (``"none"`` needs no adaptation).
+        steps: iterations (half of them even, half odd).
+        batch_size: source images and target images per iteration.
+        lr: Adam learning rate (MFM-DA: 1e-4).
+        betas: Adam betas (MFM-DA: (0.9, 0.99)).
+        dc_weight, style_weight: multipliers of ``L_DC`` and ``L_style`` inside ``a(t) (...)``.
+        diffusion_loss: ``"l1"`` or ``"mse"`` for ``L_diff``.
+        seed: seeds step ``k`` with ``k``.
+        checkpoint_every: steps between resumable checkpoints.
+        grad_clip: max gradient norm.
+    """
+
+    variant: str = "mfmda"
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    dc_weight: float = 1.0
+    style_weight: float = 1.0
+    diffusion_loss: str = "l1"
+    seed: int = 0
+    checkpoint_every: int = 25
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS[1:]:
+            raise ValueError(f"Stage1Config.variant must be one of {VARIANTS[1:]} ('none' needs no "
+                             f"adaptation), got {self.variant!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.lr <= 0:
+            raise ValueError("steps, batch_size, checkpoint_every must be >= 1 and lr > 0")
+        if self.diffusion_loss not in ("l1", "mse"):
+            raise ValueError(f"diffusion_loss must be 'l1' or 'mse', got {self.diffusion_loss!r}")
+
+
+@dataclass
+class Stage1State:
+    """What :func:`adapt` returns: the adapted model (in place), the DIAA (None unless ``mfmda``), the log."""
+
+    model: ContentConditionedUNet
+    diaa: DIAA | None
+    history: StepHistory
+    delta_static: torch.Tensor
+
+
+def _uniform_t(lo: int, hi: int, n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(lo, hi, (n,), generator=g)
+
+
+def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch.Tensor,
+          encoder: FrozenFeatureEncoder, alpha_bar: torch.Tensor, config: Stage1Config, *,
+          accelerator: Accelerator | None = None, checkpoint: str | Path | None = None,
+          callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> Stage1State:
+    """Adapt ``model`` (in place) to the domain of ``x_target``.
+
+    Args:
+        model: the source conditioned DDPM (a fresh copy: it is modified).
+        x_source: ``(N, 3, S, S)`` source images in ``[-1, 1]`` (CPU).
+        x_target: ``(K, 3, S, S)`` unlabelled target images in ``[-1, 1]`` (CPU).
+        encoder: the frozen, calibrated ``f``.
+        alpha_bar: ``(T,)`` cumulative alphas of the model's schedule.
+        config: :class:`Stage1Config`.
+        accelerator: default :func:`~.training.make_accelerator` ``()``.
+        checkpoint: resumable checkpoint (weights of U-Net, fusion and DIAA; optimizer; step).
+        callback: ``(step, logs)`` after each step.
+
+    Returns:
+        :class:`Stage1State`; the model is in eval mode.
+    """
+    accelerator = accelerator or make_accelerator()
+    device = accelerator.device
+    encoder = encoder.to(device)
+    T = len(alpha_bar)
+    with torch.no_grad():
+        f_source = encoder.encode(x_source)  # (N, D)
+        f_target = encoder.encode(x_target)  # (K, D)
+        target_gram = gram_matrix(torch.cat([encoder.feature_maps(x_target[i:i + 8].to(device))
+                                             for i in range(0, len(x_target), 8)])).mean(0)  # (C, C)
+    c_source, c_target = f_source.mean(0), f_target.mean(0)  # (D,)
+    diaa = DIAA(c_source, c_target) if config.variant == "mfmda" else None
+    delta_static = (c_target - c_source).to(device)
+    f_source, target_gram = f_source.to(device), target_gram.to(device)
+
+    model.unet.requires_grad_(True)
+    model.fusion.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad] + (list(diaa.parameters()) if diaa else [])
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    if diaa is not None:
+        model, diaa, optimizer = accelerator.prepare(model, diaa, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    plain = accelerator.unwrap_model(model)
+    B = config.batch_size
+
+    def target_diffusion_loss(t: torch.Tensor, weight: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, len(x_target), (len(t),), generator=g)
+        noise, content_noise = torch.randn((2, len(t), *x_target.shape[1:]), generator=g)
+        gate_noise = torch.randn(plain.bottleneck_shape(len(t)), generator=g)
+        x0, t, noise, content_noise, gate_noise, weight = (v.to(device) for v in (
+            x_target[idx], t, noise, content_noise, gate_noise, weight))
+        with accelerator.autocast():
+            eps_hat = model(q_sample(x0, t, noise, alpha_bar), t, q_sample(x0, t, content_noise, alpha_bar), gate_noise)
+        return diffusion_loss(noise, eps_hat, config.diffusion_loss, weight)
+
+    def step_fn(step: int, g: torch.Generator):
+        if config.variant == "naive":
+            t = _uniform_t(0, T, B, g)
+            return target_diffusion_loss(t, torch.ones(B), g), {}
+        even = step % 2 == 0
+        t = _uniform_t(*(EVEN_T_RANGE if even else ODD_T_RANGE), B, g)
+        w_dir, w_diff = stage1_weights(t, even, T)
+        l_diff = target_diffusion_loss(t, w_diff, g)
+        if not even:
+            return l_diff, {"l_diff": l_diff.detach()}
+        idx = torch.randint(0, len(x_source), (B,), generator=g)
+        noise, content_noise = torch.randn((2, B, *x_source.shape[1:]), generator=g)
+        gate_noise = torch.randn(plain.bottleneck_shape(B), generator=g)
+        x_s, t, noise, content_noise, gate_noise, w_dir = (v.to(device) for v in (
+            x_source[idx], t, noise, content_noise, gate_noise, w_dir))
+        x_t = q_sample(x_s, t, noise, alpha_bar)  # (B, 3, S, S)
+        with accelerator.autocast():
+            eps_hat = model(x_t, t, q_sample(x_s, t, content_noise, alpha_bar), gate_noise)
+        x0_hat = predict_x0(x_t, t, eps_hat.float(), alpha_bar)  # (B, 3, S, S) x0_hat^{S->T}
+        maps = encoder.feature_maps(x0_hat)  # (B, C, N): gradients flow to x0_hat, f itself is frozen
+        f_hat = encoder.standardise(maps.mean(dim=2))  # (B, D)
+        delta = diaa(f_source[idx.to(device)]) if diaa is not None else delta_static  # (B, D) or (D,)
+        l_dc = distribution_consistency_loss(f_hat, f_source[idx.to(device)], delta, w_dir)
+        l_style = style_loss(maps, target_gram, w_dir)
+        loss = config.dc_weight * l_dc + config.style_weight * l_style + l_diff
+        return loss, {"l_dc": l_dc.detach(), "l_style": l_style.detach(), "l_diff": l_diff.detach()}
+
+    modules = {"model": model} | ({"diaa": diaa} if diaa is not None else {})
+    history = run_steps(step_fn, steps=config.steps, modules=modules, optimizer=optimizer, accelerator=accelerator,
+                        seed=config.seed, checkpoint=checkpoint, checkpoint_every=config.checkpoint_every,
+                        grad_clip=config.grad_clip, callback=callback, desc=f"stage 1 ({config.variant})",
+                        progress=progress)
+    return Stage1State(plain.eval(), accelerator.unwrap_model(diaa).eval() if diaa is not None else None,
+                       history, delta_static.cpu())
