@@ -181,6 +181,6 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
     history = run_steps(step_fn, steps=config.steps, modules=modules, optimizer=optimizer, accelerator=accelerator,
                         seed=config.seed, checkpoint=checkpoint, checkpoint_every=config.checkpoint_every,
                         grad_clip=config.grad_clip, callback=callback, desc=f"stage 1 ({config.variant})",
-                        progress=progress)
+                        keep_optimizer=False, progress=progress)
     return Stage1State(plain.eval(), accelerator.unwrap_model(diaa).eval() if diaa is not None else None,
                        history, delta_static.cpu())

@@ -49,7 +49,7 @@ class FrozenFeatureEncoder(nn.Module):
         all_units = encoder_units(image_encoder)
         if not 1 <= units <= len(all_units):
             raise ValueError(f"units must be in [1, {len(all_units)}], got {units}")
-        if units > 2 and input_size != 256:
+        if units > 2 and input_size != 256 and hasattr(image_encoder, "layers"):  # TinyViT
             raise ValueError(f"encoder units past the first conv stage need 256 px inputs (TinyViT attention "
                              f"windows are fixed); got input_size={input_size} with units={units}")
         self.names = [name for name, _ in all_units[:units]]

@@ -128,12 +128,14 @@ def diffusion_loss(eps: torch.Tensor, eps_hat: torch.Tensor, kind: str = "l1",
 # ---------------------------------------------------------------------------------------------
 
 def _save(path: Path, step: int, modules: dict[str, nn.Module], optimizer, extras: dict, history: StepHistory,
-          accelerator: Accelerator) -> None:
+          accelerator: Accelerator, *, with_optimizer: bool = True) -> None:
     if not accelerator.is_main_process:
         return
     payload = {"step": step, "history": history.steps,
                "modules": {n: trainable_state(accelerator.unwrap_model(m)) for n, m in modules.items()},
-               "optimizer": optimizer.state_dict(), "extras": {n: e.state_dict() for n, e in extras.items()}}
+               "extras": {n: e.state_dict() for n, e in extras.items()}}
+    if with_optimizer:
+        payload["optimizer"] = optimizer.state_dict()
     with atomic_write(path) as handle:
         torch.save(payload, handle)
 
@@ -143,7 +145,7 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
               seed: int, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
               ema: EMAModel | None = None, lr_scheduler=None, grad_clip: float | None = 1.0,
               callback: Callable[[int, dict], None] | None = None, desc: str = "train",
-              progress: bool = True) -> StepHistory:
+              keep_optimizer: bool = True, progress: bool = True) -> StepHistory:
     """Run ``steps`` optimisation steps, resuming from ``checkpoint`` when it exists.
 
     Args:
@@ -158,6 +160,8 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
         lr_scheduler: stepped after every optimiser step and checkpointed.
         grad_clip: max gradient norm (None: none).
         callback: ``(step, logs)`` after each step (e.g. to record or to stop a demo).
+        keep_optimizer: keep the optimizer state in the final checkpoint (False: a smaller file that
+            can be reloaded but not continued to more steps).
         desc, progress: the tqdm bar.
 
     Returns:
@@ -174,7 +178,11 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
             raise ValueError(f"checkpoint {path} has no state for {missing}: it belongs to another run; delete it")
         for name, module in modules.items():
             accelerator.unwrap_model(module).load_state_dict(state["modules"][name], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # a finished run's checkpoint may drop it (see keep_optimizer)
+            optimizer.load_state_dict(state["optimizer"])
+        elif int(state["step"]) < steps:
+            raise ValueError(f"checkpoint {path} stopped at step {state['step']} without optimizer state, so it "
+                             f"cannot resume to {steps} steps; delete it to start over")
         for name, extra in extras.items():
             extra.load_state_dict(state["extras"][name])
         history.steps, history.resumed_from = list(state["history"]), int(state["step"])
@@ -198,7 +206,8 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
         history.steps.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
         if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            _save(path, step + 1, modules, optimizer, extras, history, accelerator)
+            _save(path, step + 1, modules, optimizer, extras, history, accelerator,
+                  with_optimizer=keep_optimizer or step + 1 < steps)
         if callback is not None:
             callback(step, record)
     bar.close()

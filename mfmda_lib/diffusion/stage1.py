@@ -1,0 +1,236 @@
+"""MFM-DA stage 1 end to end: adapt the source DDPM to a target, translate the source training set.
+
+The contract with stage 2 and the pipeline::
+
+    translated_source(profile, target_domain, *, variant="mfmda", progress=True) -> list[FundusSample]
+
+returns the source domain's training samples (``benchmark_samples(profile, "train",
+profile.train_per_domain, domains=["refuge_train"])``: same order, same disc/cup masks) whose
+images are translated to ``target_domain`` by the stage-1 model adapted with the first
+``stage1_k_target`` unlabelled ``train`` images of that target. Each returned sample keeps its
+source ``domain`` and ``sample_id``; ``meta`` gains ``translated_to`` and ``variant``.
+
+Load if present, else compute: results live under
+``<cache>/mfmda/<profile>/<target>/<variant>-<key>/`` (``key`` hashes every setting and the
+source DDPM's checksum) as ``translated.npz`` with a ``translated.json`` holding its SHA-256; the
+stage-1 adaptation checkpoint ``adapt.pt`` beside them makes a killed run resume.
+
+For a user's own images (the pipeline), :func:`run_stage1` takes explicit image lists.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..io import atomic_write, atomic_write_json, sha256_file
+from ..profiles import Profile, paths
+from .adaptation import VARIANTS, Stage1Config, Stage1State, adapt
+from .conditioned import ContentConditionedUNet
+from .ddpm import DDPMConfig, alphas_cumprod, build_scheduler, to_tensor
+from .features import FrozenFeatureEncoder
+from .source import load_source_ddpm
+from .training import make_accelerator
+from .translate import TranslateConfig, to_full_resolution, translate
+
+__all__ = ["stage1_config", "translate_config", "feature_encoder", "source_samples", "target_samples",
+           "Stage1Output", "run_stage1", "translated_source", "stage1_dir"]
+
+
+# ---------------------------------------------------------------------------------------------
+# settings and data of a profile
+# ---------------------------------------------------------------------------------------------
+
+def stage1_config(profile: Profile, variant: str = "mfmda") -> Stage1Config:
+    """Adaptation settings: ``stage1_steps`` iterations of ``stage1_batch_size`` images."""
+    return Stage1Config(variant=variant, steps=profile.stage1_steps, batch_size=profile.stage1_batch_size,
+                        seed=profile.seed, checkpoint_every=max(1, min(25, profile.stage1_steps)))
+
+
+def translate_config(profile: Profile) -> TranslateConfig:
+    """Translation settings: noise to ``stage1_t_translate``, ``stage1_translate_steps`` DDIM steps."""
+    return TranslateConfig(t_start=profile.stage1_t_translate, steps=profile.stage1_translate_steps,
+                           guide_stop=min(400, profile.stage1_t_translate), seed=profile.seed)
+
+
+def feature_encoder(profile: Profile, x_source: torch.Tensor, device: torch.device | None = None
+                    ) -> FrozenFeatureEncoder:
+    """``f``: LiteMedSAM's frozen encoder (``stage1_encoder_units`` units at ``stage1_feature_size`` px),
+    calibrated on ``(N, 3, S, S)`` source images."""
+    from ..models import load_model
+
+    model = load_model("litemedsam", device=device or torch.device("cpu"))
+    encoder = FrozenFeatureEncoder(model.image_encoder, units=profile.stage1_encoder_units,
+                                   input_size=profile.stage1_feature_size)
+    return encoder.calibrate(x_source.to(device or torch.device("cpu")))
+
+
+def source_samples(profile: Profile) -> list[FundusSample]:
+    """The labelled source training samples that stage 1 translates (all ``train_per_domain`` of them)."""
+    from ..experiments import benchmark_samples
+
+    return benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
+
+
+def target_samples(profile: Profile, target_domain: str) -> list[FundusSample]:
+    """The first ``stage1_k_target`` training images of a target domain (their masks are never used)."""
+    from ..experiments import benchmark_samples
+
+    if target_domain not in TARGET_DOMAINS:
+        raise ValueError(f"target_domain must be one of {list(TARGET_DOMAINS)}, got {target_domain!r}")
+    if profile.stage1_k_target > profile.train_per_domain:
+        raise ValueError(f"profile {profile.name}: stage1_k_target ({profile.stage1_k_target}) exceeds "
+                         f"train_per_domain ({profile.train_per_domain})")
+    return benchmark_samples(profile, "train", profile.stage1_k_target, domains=[target_domain])
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1 on explicit images
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage1Output:
+    """Translated full-resolution images and, for an adapted variant, the adaptation state."""
+
+    images: list[np.ndarray]
+    translated_lo: torch.Tensor
+    state: Stage1State | None
+
+
+def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.ndarray], *,
+               source_model: ContentConditionedUNet, ddpm: DDPMConfig, encoder: FrozenFeatureEncoder,
+               variant: str = "mfmda", adapt_config: Stage1Config | None = None,
+               translate_cfg: TranslateConfig | None = None, accelerator: Accelerator | None = None,
+               checkpoint: str | Path | None = None, callback: Callable[[int, dict], None] | None = None,
+               progress: bool = True) -> Stage1Output:
+    """Adapt a copy of ``source_model`` to ``target_images`` and translate ``source_images``.
+
+    Args:
+        source_images: ``N`` uint8 ``(H, W, 3)`` square source images (any one size).
+        target_images: ``K`` uint8 ``(H', W', 3)`` unlabelled target images.
+        source_model: the conditioned source DDPM (not modified: a copy is adapted).
+        ddpm: its :class:`DDPMConfig`.
+        encoder: the frozen ``f`` (calibrated; :func:`feature_encoder`).
+        variant: one of ``"none"``, ``"naive"``, ``"static"``, ``"mfmda"``.
+        adapt_config: :class:`Stage1Config` (its ``variant`` is replaced by ``variant``).
+        translate_cfg: :class:`TranslateConfig`.
+        accelerator: default :func:`~.training.make_accelerator` ``()``.
+        checkpoint: resumable adaptation checkpoint.
+        callback: ``(step, logs)`` after each adaptation step.
+
+    Returns:
+        :class:`Stage1Output` with ``N`` translated images at the sources' resolution.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    accelerator = accelerator or make_accelerator()
+    translate_cfg = translate_cfg or TranslateConfig()
+    alpha_bar = alphas_cumprod(ddpm)
+    x_source = to_tensor(source_images, ddpm.image_size)  # (N, 3, S, S)
+    state = None
+    model = copy.deepcopy(source_model)
+    if variant != "none":
+        config = adapt_config or Stage1Config()
+        config = Stage1Config(**{**vars(config), "variant": variant})
+        x_target = to_tensor(target_images, ddpm.image_size)  # (K, 3, S, S)
+        state = adapt(model, x_source, x_target, encoder, alpha_bar, config, accelerator=accelerator,
+                      checkpoint=checkpoint, callback=callback, progress=progress)
+        model = state.model
+    model = model.to(accelerator.device).eval()
+    lo = translate(model, build_scheduler(ddpm, "ddim"), x_source, alpha_bar, translate_cfg,
+                   device=accelerator.device, progress=progress)
+    return Stage1Output(to_full_resolution(list(source_images), lo), lo, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# the profile-level contract, with its cache
+# ---------------------------------------------------------------------------------------------
+
+def _key(profile: Profile, target_domain: str, variant: str, ddpm_sha: str) -> str:
+    blob = json.dumps({"target": target_domain, "variant": variant, "ddpm_sha256": ddpm_sha,
+                       "stage1": vars(stage1_config(profile, variant if variant != "none" else "mfmda")),
+                       "translate": vars(translate_config(profile)), "k": profile.stage1_k_target,
+                       "f": [profile.stage1_encoder_units, profile.stage1_feature_size],
+                       "bench": [profile.train_per_domain, profile.image_size, profile.severity, profile.seed]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def stage1_dir(profile: Profile, target_domain: str, variant: str, ddpm_sha: str) -> Path:
+    """``<cache>/mfmda/<profile>/<target>/<variant>-<key>/``."""
+    return paths().cache / "mfmda" / profile.name / target_domain / f"{variant}-{_key(profile, target_domain, variant, ddpm_sha)}"
+
+
+def _load_translations(folder: Path, ids: list[str]) -> list[np.ndarray] | None:
+    manifest, data = folder / "translated.json", folder / "translated.npz"
+    if not manifest.is_file() or not data.is_file():
+        return None
+    meta = json.loads(manifest.read_text())
+    if meta.get("ids") != ids or sha256_file(data) != meta.get("sha256"):
+        return None  # stale or corrupt: recompute
+    with np.load(data, allow_pickle=False) as npz:
+        return list(npz["images"])
+
+
+def _save_translations(folder: Path, ids: list[str], images: list[np.ndarray], meta: dict) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=np.stack(images))
+    with atomic_write(folder / "translated.npz") as handle:
+        handle.write(buffer.getvalue())
+    atomic_write_json(folder / "translated.json", {"ids": ids, "sha256": sha256_file(folder / "translated.npz"),
+                                                   **meta})
+
+
+def translated_source(profile: Profile, target_domain: str, *, variant: str = "mfmda",
+                      progress: bool = True, accelerator: Accelerator | None = None,
+                      callback: Callable[[int, dict], None] | None = None) -> list[FundusSample]:
+    """The source training samples translated to ``target_domain`` (load if cached, else compute).
+
+    Args:
+        profile: sizes (source count, K, steps, resolutions).
+        target_domain: ``refuge_test``, ``riga_binrushed`` or ``riga_messidor``.
+        variant: ``"mfmda"`` (the method), ``"static"`` (no DIAA), ``"naive"`` (plain fine-tuning on
+            the K images) or ``"none"`` (the source DDPM, not adapted).
+        progress: tqdm bars.
+        accelerator: default :func:`~.training.make_accelerator` on the kit's device.
+        callback: ``(step, logs)`` after each adaptation step (only when it runs).
+
+    Returns:
+        ``train_per_domain`` :class:`FundusSample` s in the source order, with the source masks.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    targets = target_samples(profile, target_domain)  # validates the domain and K first
+    sources = source_samples(profile)
+    ids = [s.sample_id for s in sources]
+    model, ddpm, ddpm_path = load_source_ddpm(profile, accelerator=accelerator, progress=progress)
+    ddpm_sha = json.loads(ddpm_path.with_suffix(".json").read_text())["sha256"]
+    folder = stage1_dir(profile, target_domain, variant, ddpm_sha)
+    images = _load_translations(folder, ids)
+    if images is None:
+        from ..profiles import get_device
+
+        accelerator = accelerator or make_accelerator(get_device())
+        x_source = to_tensor([s.image for s in sources], ddpm.image_size)
+        encoder = feature_encoder(profile, x_source, accelerator.device)
+        out = run_stage1([s.image for s in sources], [t.image for t in targets], source_model=model, ddpm=ddpm,
+                         encoder=encoder, variant=variant,
+                         adapt_config=stage1_config(profile, "mfmda" if variant == "none" else variant),
+                         translate_cfg=translate_config(profile), accelerator=accelerator,
+                         checkpoint=folder / "adapt.pt", callback=callback, progress=progress)
+        images = out.images
+        _save_translations(folder, ids, images, {"profile": profile.name, "target": target_domain,
+                                                 "variant": variant, "ddpm_sha256": ddpm_sha,
+                                                 "k_target": len(targets)})
+    return [FundusSample(image=img, disc=s.disc, cup=s.cup, domain=s.domain, sample_id=s.sample_id,
+                         glaucoma=s.glaucoma, meta={**s.meta, "translated_to": target_domain, "variant": variant})
+            for s, img in zip(sources, images)]

@@ -1,0 +1,122 @@
+"""MFM-DA stage 1: DIAA initial state, loss weights, L_DC, resumable adaptation, generation metrics."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mfmda_lib.diffusion.adaptation import Stage1Config, adapt
+from mfmda_lib.diffusion.conditioned import ContentConditionedUNet
+from mfmda_lib.diffusion.ddpm import DDPMConfig, alphas_cumprod, build_unet
+from mfmda_lib.diffusion.diaa import DIAA
+from mfmda_lib.diffusion.features import FrozenFeatureEncoder
+from mfmda_lib.diffusion.losses import A_MAX, a_weight, distribution_consistency_loss, stage1_weights, style_loss
+from mfmda_lib.diffusion.metrics import frechet_distance, intra_cluster_diversity
+from mfmda_lib.diffusion.stage1 import translated_source
+from mfmda_lib.diffusion.training import make_accelerator
+from mfmda_lib.profiles import PROFILES
+
+TINY = DDPMConfig(image_size=16, block_out_channels=(8, 16), norm_num_groups=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads(one_torch_thread):
+    yield
+
+
+def test_diaa_starts_at_the_static_direction():
+    g = torch.Generator().manual_seed(0)
+    c_s, c_t = torch.randn(32, generator=g), torch.randn(32, generator=g) + 2
+    diaa = DIAA(c_s, c_t)
+    f = torch.randn(16, 32, generator=g) * 3
+    gate = diaa.gate(f)
+    assert torch.allclose(gate, torch.full_like(gate, torch.sigmoid(torch.tensor(-5.0)).item()))  # g ~ 0.0067
+    delta = diaa(f)
+    assert torch.equal(diaa.delta_static, c_t - c_s)
+    assert (delta - diaa.delta_static).abs().max() < 0.01 * (diaa.delta_static.abs().max() + 1)
+    assert diaa.delta_dynamic(f).abs().max() < 0.1  # small init of W2
+    with pytest.raises(ValueError, match="same size|one size"):
+        DIAA(c_s, torch.zeros(8))
+
+
+def test_distribution_consistency_loss_is_zero_on_target_and_positive_elsewhere():
+    g = torch.Generator().manual_seed(1)
+    f_s, delta = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    assert distribution_consistency_loss(f_s + delta, f_s, delta).item() == 0.0
+    assert distribution_consistency_loss(f_s + delta, f_s, delta, a_weight(torch.tensor([300, 500, 700, 799]))) == 0
+    assert distribution_consistency_loss(f_s, f_s, delta).item() > 0
+    maps = torch.randn(2, 4, 10, generator=g)
+    gram = (maps @ maps.transpose(1, 2) / 10).mean(0)
+    assert style_loss(maps[:1].expand(2, -1, -1), (maps[:1] @ maps[:1].transpose(1, 2) / 10)[0]) < 1e-10
+    assert style_loss(maps, gram) > 0
+
+
+def test_time_weights_follow_the_schedule():
+    t = torch.tensor([0, 300, 800, 1000])
+    assert torch.allclose(a_weight(t), torch.tensor([1.0, 20 ** 0.3, 20 ** 0.8, 20.0]))
+    w_dir, w_diff = stage1_weights(t[:3], even=True)
+    assert torch.allclose(w_dir + w_diff, torch.full((3,), A_MAX))
+    w_dir, w_diff = stage1_weights(t[:2], even=False)
+    assert torch.equal(w_dir, torch.zeros(2)) and torch.allclose(w_diff, (A_MAX - a_weight(t[:2])) / 5)
+
+
+def _tiny_encoder():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+    return FrozenFeatureEncoder(net, units=3, input_size=16)
+
+
+@pytest.mark.parametrize("variant", ["mfmda", "naive"])
+def test_killed_adaptation_resumes_to_the_same_weights(tmp_path, variant):
+    g = torch.Generator().manual_seed(0)
+    x_s = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    x_t = (torch.rand(3, 3, 16, 16, generator=g) * 2 - 1) * 0.5 + 0.3
+    encoder = _tiny_encoder().calibrate(x_s)
+    ab, acc = alphas_cumprod(TINY), make_accelerator(torch.device("cpu"))
+    config = Stage1Config(variant=variant, steps=5, batch_size=2, checkpoint_every=2)
+
+    def run(ckpt, kill_at=None):
+        torch.manual_seed(0)
+        model = ContentConditionedUNet(build_unet(TINY))
+
+        def callback(step, logs):
+            if step == kill_at:
+                raise KeyboardInterrupt
+
+        try:
+            return adapt(model, x_s, x_t, encoder, ab, config, accelerator=acc, checkpoint=ckpt,
+                         callback=callback, progress=False)
+        except KeyboardInterrupt:
+            return None
+
+    full = run(tmp_path / "a.pt")
+    assert run(tmp_path / "b.pt", kill_at=2) is None
+    resumed = run(tmp_path / "b.pt")
+    assert resumed.history.resumed_from == 2 and len(resumed.history.steps) == 5
+    assert {"l_dc", "l_style", "l_diff"} <= set(full.history.steps[0]) or variant == "naive"
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+    if variant == "mfmda":
+        for p, q in zip(full.diaa.parameters(), resumed.diaa.parameters()):
+            assert torch.equal(p, q)
+        assert not torch.equal(full.diaa.w_g.weight, torch.zeros_like(full.diaa.w_g.weight))  # the gate learns
+    assert "optimizer" not in torch.load(tmp_path / "a.pt", weights_only=True)  # finished: compact file
+
+
+def test_generation_metrics():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, a + [2, 0, 0]) == pytest.approx(4, abs=1e-6)
+    targets = np.eye(3) * 10
+    copies = np.repeat(targets, 4, axis=0)  # memorised: exact copies of the K targets
+    spread = copies + rng.normal(size=copies.shape)
+    assert intra_cluster_diversity(copies, targets) == 0
+    assert intra_cluster_diversity(spread, targets) > 1
+    assert np.isnan(intra_cluster_diversity(targets, targets))  # one member per cluster
+
+
+def test_translated_source_checks_its_arguments():
+    with pytest.raises(ValueError, match="variant"):
+        translated_source(PROFILES["ci"], "riga_binrushed", variant="cyclegan")
+    with pytest.raises(ValueError, match="target_domain"):
+        translated_source(PROFILES["ci"], "refuge_train")
