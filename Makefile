@@ -1,12 +1,17 @@
 # Two commands on a fresh machine (each creates .venv if missing):
 #   make demo   set up, generate the default synthetic benchmark and run the kit's main job
-#   make test   set up and run the unit tests + every notebook (nbval) in the `ci` profile
+#   make test   set up and run the unit tests + every notebook and its student version (nbval) in the `ci` profile
+# Teaching material:
+#   make student  write the student version of every notebook (solution cells removed) to build/student/
+#   make slides   build the seminar decks into self-contained HTML under slides/build/
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CI_ENV := MFMDA_PROFILE=ci MFMDA_RESULTS=$(CURDIR)/build/ci-results MPLBACKEND=Agg
+NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=600
 
-.PHONY: setup demo test unit notebooks lab clean
+.PHONY: setup demo test unit notebooks student slides chromium lab clean
 
 setup: $(STAMP)
 
@@ -19,21 +24,40 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/mfmda zero-shot
 
-# The test command (README, CI): unit tests, then every notebook end to end in the ci profile.
-test: setup
+# The test command (README, CI): unit tests, every notebook end to end, then every student version
+# (generated first), all in the ci profile and one pytest run; the slide test renders the decks in
+# Debian's chromium, installed here when missing.
+test: setup chromium student
 	mkdir -p build
-	MFMDA_PROFILE=ci MFMDA_RESULTS=$(CURDIR)/build/ci-results MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks \
-	    --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --junitxml=build/junit.xml -p no:cacheprovider
+	$(CI_ENV) $(BIN)/python -m pytest tests notebooks build/student $(NBVAL) \
+	    --junitxml=build/junit.xml -p no:cacheprovider
 	$(BIN)/python .ci/durations.py build/junit.xml
 
 unit: setup
 	$(BIN)/python -m pytest tests -q
 
-notebooks: setup
-	MFMDA_PROFILE=ci MFMDA_RESULTS=$(CURDIR)/build/ci-results $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env
+notebooks: setup student
+	$(CI_ENV) $(BIN)/python -m pytest notebooks build/student $(NBVAL)
+
+student: setup
+	$(BIN)/python -m mfmda_lib.teaching.student notebooks build/student
+
+slides: setup
+	$(BIN)/python -m mfmda_lib.teaching.slides --out slides/build
+
+# Headless Chromium for tests/test_slides.py: Debian's package, installed only if missing and only as root.
+chromium:
+	@if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the slide test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "WARNING: could not install chromium: the slide-rendering test will be skipped"; \
+	else \
+	    echo "NOTE: chromium is missing and cannot be installed here (needs root apt-get): the slide-rendering test will be skipped"; \
+	fi
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache slides/build
