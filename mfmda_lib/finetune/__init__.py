@@ -1,0 +1,32 @@
+"""Fine-tuning a foundation encoder: strategies (notebook 03) and parameter-efficient methods (notebook 04).
+
+- ``heads``: the linear segmentation head, the vCDR head, and :class:`TaskModel` (encoder from a
+  unit on + head, BatchNorm statistics frozen).
+- ``features``: the frozen prefix's outputs, computed once per image and cached on disk.
+- ``strategies``: linear probe, full fine-tuning, gradual unfreezing, discriminative learning rates.
+- ``peft_methods``: LoRA through ``peft`` (rank, targets; save / load / merge / unmerge), and
+  hand-written bottleneck adapters, additive visual prompts and BitFit (``inject``).
+- ``memory``: training memory measured deterministically (saved activations + gradients + optimizer state).
+- ``runs``: one run (train on cached features with :func:`mfmda_lib.train.fit`, checkpoint, score).
+- ``experiment``: the comparisons of notebooks 03 and 04 (``run_strategies``, ``run_peft``).
+- ``speed``: the frozen-cache speed-up benchmark behind ``benchmarks/frozen_cache.py``.
+"""
+from .experiment import ComparisonConfig, Comparison, FinetuneData, peft_configs, prepare_data, run_peft, run_strategies
+from .features import advance, prefix_cache, prefix_features
+from .heads import TASKS, SegmentationHead, TaskModel, VCDRHead, build_head, task_loss, unit_groups
+from .memory import SavedTensorMeter, TrainingMemory, training_memory
+from .peft_methods import (LORA_TARGETS, METHODS, BottleneckAdapter, PeftConfig, VisualPrompts, inject, load_method,
+                           lora_target_regex, save_method, task_model, trained_state_dict)
+from .runs import RunResult, TaskData, auroc, predict, score_rows, task_targets, train_run
+from .strategies import STRATEGIES, StrategyConfig, configure, first_trained_unit, group_learning_rates
+
+__all__ = [
+    "TASKS", "SegmentationHead", "VCDRHead", "TaskModel", "build_head", "task_loss", "unit_groups",
+    "prefix_cache", "prefix_features", "advance",
+    "StrategyConfig", "STRATEGIES", "configure", "first_trained_unit", "group_learning_rates",
+    "METHODS", "LORA_TARGETS", "PeftConfig", "BottleneckAdapter", "VisualPrompts", "inject", "task_model",
+    "lora_target_regex", "trained_state_dict", "save_method", "load_method",
+    "TrainingMemory", "SavedTensorMeter", "training_memory",
+    "TaskData", "RunResult", "task_targets", "train_run", "predict", "score_rows", "auroc",
+    "ComparisonConfig", "Comparison", "FinetuneData", "prepare_data", "peft_configs", "run_strategies", "run_peft",
+]
