@@ -9,16 +9,18 @@ untranslated source images, and these columns:
 - ``fd_f``: Frechet distance in ``f``'s feature space to all of the target's training images
   (lower = closer to the target). Caution: ``f`` is also the space in which ``L_DC`` pulls, so
   this metric favours the direction losses by construction;
-- ``p_target``: an independent check in the *full* LiteMedSAM embedding (256-d, not used in
-  training): a logistic-regression probe trained to tell ``stage1_eval_images`` source from as
-  many target training images; the mean probability it gives the translated images of being
-  target (0.5 = undecided);
+- ``gap_left``: an independent check in the *full* LiteMedSAM embedding (256-d pooled, never
+  used in training), on the first ``stage1_eval_images`` images: the distance between the mean
+  embedding of the translated images and that of as many target training images, divided by the
+  same distance for the untranslated source. 1 = the domain gap is untouched, 0 = closed,
+  > 1 = moved away from the target;
 - ``diversity``: intra-cluster diversity in ``f`` (:func:`~.metrics.intra_cluster_diversity`);
 - ``disc_dice``, ``cup_dice``: structure preservation on the first ``stage1_eval_images``
   translated images (LiteMedSAM prompted with the source mask's boxes, Dice vs the source masks).
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -26,19 +28,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from ..data import FundusSample
 from ..profiles import Profile
 from .adaptation import VARIANTS
 from .ddpm import to_tensor
+from .diaa import DIAA
 from .metrics import frechet_distance, intra_cluster_diversity, structure_preservation
 from .source import load_source_ddpm
 from .stage1 import feature_encoder, source_samples, stage1_dir, target_samples, translated_source
 
-__all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history"]
+__all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa"]
 
 SOURCE_ROW = "source (untranslated)"
 
@@ -65,26 +65,31 @@ class Stage1Comparison:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def stage1_history(profile: Profile, target_domain: str, variant: str) -> list[dict]:
-    """The per-step logs stored in a finished adaptation's checkpoint (``[]`` if none)."""
+def _adapt_checkpoint(profile: Profile, target_domain: str, variant: str) -> dict | None:
     if variant == "none":
-        return []
+        return None
     _, _, path = load_source_ddpm(profile, progress=False)
-    import json
-
     sha = json.loads(path.with_suffix(".json").read_text())["sha256"]
     ckpt = stage1_dir(profile, target_domain, variant, sha) / "adapt.pt"
-    if not ckpt.is_file():
-        return []
-    return list(torch.load(ckpt, map_location="cpu", weights_only=True)["history"])
+    return torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
 
 
-def _probe(model, cache, source_imgs: list[np.ndarray], target_imgs: list[np.ndarray], batch_size: int):
-    from ..models import pooled_embeddings
+def stage1_history(profile: Profile, target_domain: str, variant: str) -> list[dict]:
+    """The per-step logs stored in a finished adaptation's checkpoint (``[]`` if none)."""
+    state = _adapt_checkpoint(profile, target_domain, variant)
+    return [] if state is None else list(state["history"])
 
-    x = pooled_embeddings(model, source_imgs + target_imgs, cache, batch_size=batch_size, progress=False)
-    y = np.r_[np.zeros(len(source_imgs)), np.ones(len(target_imgs))]
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x, y)
+
+def adapted_diaa(profile: Profile, target_domain: str) -> DIAA | None:
+    """The DIAA trained by the ``mfmda`` variant on ``target_domain`` (None if it has not run)."""
+    state = _adapt_checkpoint(profile, target_domain, "mfmda")
+    if state is None or "diaa" not in state["modules"]:
+        return None
+    weights = state["modules"]["diaa"]
+    diaa = DIAA(weights["c_source"], weights["c_target"], hidden=weights["w1.weight"].shape[0],
+                gate_hidden=weights["w_e.weight"].shape[0])
+    diaa.load_state_dict(weights)
+    return diaa.eval()
 
 
 def compare_variants(profile: Profile, target_domain: str, variants: Sequence[str] = VARIANTS, *,
@@ -111,9 +116,13 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
     encoder = feature_encoder(profile, to_tensor([s.image for s in sources], size))
     f_reference = encoder.encode([s.image for s in reference], size)  # (M, D)
     f_k = encoder.encode([s.image for s in targets], size)  # (K, D)
-    n_eval = min(profile.stage1_eval_images, len(sources))
-    probe = _probe(segmenter, cache, [s.image for s in sources[:n_eval]],
-                   [s.image for s in reference[:n_eval]], profile.encoder_batch_size)
+    from ..models import pooled_embeddings
+
+    n_eval = min(profile.stage1_eval_images, len(sources), len(reference))
+    embed = lambda images: pooled_embeddings(segmenter, images[:n_eval], cache,  # noqa: E731
+                                             batch_size=profile.encoder_batch_size, progress=False).mean(0)
+    centre_target = embed([s.image for s in reference])  # (256,)
+    gap_source = float(np.linalg.norm(embed([s.image for s in sources]) - centre_target))
 
     translations, seconds, rows = {}, {}, []
     candidates = [(SOURCE_ROW, sources)]
@@ -122,17 +131,13 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
         translations[variant] = translated_source(profile, target_domain, variant=variant, progress=progress)
         seconds[variant] = round(time.perf_counter() - start, 1)
         candidates.append((variant, translations[variant]))
-    from ..models import pooled_embeddings
-
     for name, samples in candidates:
         images = [s.image for s in samples]
         f_gen = encoder.encode(images, size)  # (N, D)
         structure = structure_preservation(segmenter, sources[:n_eval], images[:n_eval], cache,
                                            batch_size=profile.encoder_batch_size)
-        emb = pooled_embeddings(segmenter, images[:n_eval], cache, batch_size=profile.encoder_batch_size,
-                                progress=False)
         rows.append({"method": name, "fd_f": frechet_distance(f_gen, f_reference),
-                     "p_target": float(probe.predict_proba(emb)[:, 1].mean()),
+                     "gap_left": float(np.linalg.norm(embed(images) - centre_target)) / max(gap_source, 1e-12),
                      "diversity": intra_cluster_diversity(f_gen, f_k), **structure})
     table = pd.DataFrame(rows).set_index("method")
     histories = {v: stage1_history(profile, target_domain, v) for v in variants}
