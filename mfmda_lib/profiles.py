@@ -87,7 +87,7 @@ class Profile:
         stage1_batch_size: source and target images per stage-1 iteration.
         stage1_t_translate: noise level the source is taken to before translation (MFM-DA: 600).
         stage1_translate_steps: DDIM steps of the translation (MFM-DA: 25).
-        stage1_encoder_units: LiteMedSAM encoder units in f (2: first conv stage; 15: the full encoder).
+        stage1_encoder_units: LiteMedSAM encoder units in f (1: patch embedding; 2: + first conv stage; 15: all).
         stage1_feature_size: input side of f (256 required past 2 units).
         stage1_eval_images: translated images scored for structure preservation (LiteMedSAM Dice).
         # -- notebook 10 (clinical evaluation): document new fields here --
@@ -230,7 +230,7 @@ SIZES: dict[str, tuple] = {
     "stage1_batch_size":      (2, 4, 8),
     "stage1_t_translate":     (600, 600, 600),
     "stage1_translate_steps": (5, 25, 25),
-    "stage1_encoder_units":   (2, 2, 15),
+    "stage1_encoder_units":   (1, 1, 15),
     "stage1_feature_size":    (64, 64, 256),
     "stage1_eval_images":     (2, 12, 100),
     # notebook 10 (rows go here)
