@@ -24,12 +24,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/mfmda zero-shot
 
-# The test command (README, CI): unit tests, every notebook end to end, then every student version
-# (generated first), all in the ci profile and one pytest run; the slide test renders the decks in
-# Debian's chromium, installed here when missing.
+# The test command (README, CI): unit tests, every notebook end to end, then the student version of every
+# notebook that has exercises (generated first; a notebook without exercises has an identical student
+# version), all in the ci profile and one pytest run; the slide test renders the decks in Debian's
+# chromium, installed here when missing.
+EXERCISES = $$($(BIN)/python -m mfmda_lib.teaching.student --list-exercises build/student)
+
 test: setup chromium student
 	mkdir -p build
-	$(CI_ENV) $(BIN)/python -m pytest tests notebooks build/student $(NBVAL) \
+	$(CI_ENV) $(BIN)/python -m pytest tests notebooks $(EXERCISES) $(NBVAL) \
 	    --junitxml=build/junit.xml -p no:cacheprovider
 	$(BIN)/python .ci/durations.py build/junit.xml
 
@@ -37,7 +40,7 @@ unit: setup
 	$(BIN)/python -m pytest tests -q
 
 notebooks: setup student
-	$(CI_ENV) $(BIN)/python -m pytest notebooks build/student $(NBVAL)
+	$(CI_ENV) $(BIN)/python -m pytest notebooks $(EXERCISES) $(NBVAL)
 
 student: setup
 	$(BIN)/python -m mfmda_lib.teaching.student notebooks build/student

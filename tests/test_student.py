@@ -66,6 +66,7 @@ def test_write_student_versions_writes_every_notebook_and_removes_stale(tmp_path
     assert "Student version" in toy.cells[1].source and "2 exercise" in toy.cells[1].source
     assert not any(student.is_solution(c) for c in toy.cells)
     assert len(nbformat.read(out / "04_plain.ipynb", as_version=4).cells) == 1  # no banner without exercises
+    assert student.with_exercises(out) == [out / "03_toy.ipynb"]  # the only one worth testing twice
     with pytest.raises(ValueError, match="no notebooks"):
         student.write_student_versions(tmp_path / "empty", out)
 
@@ -74,6 +75,9 @@ def test_cli_writes_the_real_notebooks(tmp_path, capsys):
     student.main([str(ROOT / "notebooks"), str(tmp_path)])
     assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
     assert "solution cell(s) replaced" in capsys.readouterr().out
+    student.main(["--list-exercises", str(tmp_path)])
+    listed = capsys.readouterr().out.split()
+    assert {Path(p).name[:3] for p in listed} >= {"00_", "01_", "10_"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -20,10 +20,12 @@ import nbformat
 
 from ..io import atomic_write_bytes
 
-__all__ = ["SOLUTION_TAG", "PLACEHOLDER", "is_solution", "student_cell", "student_notebook", "write_student_versions"]
+__all__ = ["SOLUTION_TAG", "EXERCISE_TAG", "PLACEHOLDER", "is_solution", "student_cell", "student_notebook",
+           "write_student_versions", "with_exercises"]
 
-#: Cell tag of a solution cell.
+#: Cell tag of a solution cell, and of the cell that replaces it in the student version.
 SOLUTION_TAG = "solution"
+EXERCISE_TAG = "exercise"
 #: What a removed solution leaves behind (valid Python, defines nothing later cells need).
 PLACEHOLDER = "answer = None  # your code here"
 
@@ -51,7 +53,7 @@ def student_cell(cell):
     if not prompt:
         prompt = ["# Exercise: write your solution here (see the cell above)."]
     placeholder = cell.get("metadata", {}).get("student_placeholder", PLACEHOLDER)
-    tags = [t for t in cell.get("metadata", {}).get("tags", []) if t != SOLUTION_TAG] + ["exercise"]
+    tags = [t for t in cell.get("metadata", {}).get("tags", []) if t != SOLUTION_TAG] + [EXERCISE_TAG]
     metadata = {k: v for k, v in cell.get("metadata", {}).items() if k not in ("tags", "student_placeholder")}
     new = nbformat.v4.new_code_cell("\n".join(prompt + [placeholder]), metadata={**metadata, "tags": tags})
     return new
@@ -101,11 +103,25 @@ def write_student_versions(src: str | Path = "notebooks", out: str | Path = "bui
     return report
 
 
+def with_exercises(folder: str | Path) -> list[Path]:
+    """The student notebooks in ``folder`` that hold at least one exercise cell.
+
+    The others are the original notebooks without outputs, so testing them again adds nothing.
+    """
+    return [p for p in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+            if any(EXERCISE_TAG in c.get("metadata", {}).get("tags", []) for c in nbformat.read(p, as_version=4).cells)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the student version (solutions removed) of every notebook.")
     parser.add_argument("src", nargs="?", default="notebooks", help="folder of NN_*.ipynb (default: notebooks)")
     parser.add_argument("out", nargs="?", default="build/student", help="output folder (default: build/student)")
+    parser.add_argument("--list-exercises", metavar="DIR",
+                        help="only print the student notebooks in DIR that have exercises (for the test run)")
     args = parser.parse_args(argv)
+    if args.list_exercises:
+        print("\n".join(str(p) for p in with_exercises(args.list_exercises)))
+        return
     report = write_student_versions(args.src, args.out)
     for name, n in report.items():
         print(f"{args.out}/{name}: {n} solution cell(s) replaced")
