@@ -226,7 +226,7 @@ SIZES: dict[str, tuple] = {
     "ddpm_ancestral_steps":   (10, 250, 1000),
     "ddpm_samples":           (4, 8, 16),
     "stage1_k_target":        (4, 10, 10),
-    "stage1_steps":           (4, 100, 1000),
+    "stage1_steps":           (4, 60, 1000),
     "stage1_batch_size":      (2, 4, 8),
     "stage1_t_translate":     (600, 600, 600),
     "stage1_translate_steps": (5, 25, 25),
