@@ -1,6 +1,8 @@
 """The ``mfmda`` command: the kit's main job from the shell.
 
-    mfmda                      # = mfmda zero-shot: benchmark + zero-shot evaluation on every domain
+    mfmda                      # = mfmda run: the MFM-DA pipeline on the default benchmark
+    mfmda run --config configs/mfmda.toml --profile cpu
+    mfmda run --target-folder ~/my_hospital_images      # adapt to your own unlabeled images
     mfmda zero-shot --profile cpu --model litemedsam
     mfmda generate --profile cpu --severity 0.5
     mfmda models               # which foundation models are available here
@@ -57,6 +59,22 @@ def _cmd_zero_shot(args) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s (encoder cache: {cache.hits} hits, {cache.misses} misses)")
 
 
+def _cmd_run(args) -> None:
+    from .evaluation.metrics import format_table
+    from .pipeline import run_pipeline
+    from .pipeline_io import load_config
+
+    config = load_config(args.config, profile=args.profile, target_folder=args.target_folder,
+                         targets=args.targets, run_dir=args.run_dir)
+    start = time.perf_counter()
+    result = run_pipeline(config, progress=not args.no_progress, fresh=args.fresh)
+    if result.summary is not None:
+        print(format_table(result.summary))
+    print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+    print("wrote " + ", ".join(str(p) for p in result.files.values()))
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mfmda`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="mfmda", description=__doc__.split("\n\n")[0])
@@ -65,10 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--model", default="litemedsam", help="foundation model name (see `mfmda models`)")
     zs.add_argument("--checkpoint", default=None, help="weights file for models that need one (SAM, MedSAM)")
     zs.add_argument("--no-figure", action="store_true", help="skip the overlay figure")
+    run = sub.add_parser("run", help="the MFM-DA pipeline: source DDPM, stage 1 per target, stage 2, report")
+    run.add_argument("--config", default=None, help="TOML file of pipeline settings (see configs/mfmda.toml)")
+    run.add_argument("--target-folder", default=None, help="a folder of your own unlabeled target images")
+    run.add_argument("--targets", nargs="+", default=None, help="benchmark target domains (default: all three)")
+    run.add_argument("--run-dir", default=None, help="folder of this run (default: results/mfmda_run_<profile>)")
+    run.add_argument("--fresh", action="store_true", help="forget finished stages (checkpoints are still reused)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     gen = sub.add_parser("generate", help="generate the synthetic multi-domain benchmark")
     gen.add_argument("--severity", type=float, default=None, help="domain-shift severity (default: the profile's)")
     sub.add_parser("models", help="list foundation models and whether their weights are here")
-    for p in (parser, zs, gen):
+    for p in (parser, zs, gen, run):
         p.add_argument("--profile", choices=["ci", "cpu", "gpu"], default=None,
                        help="size profile (default: $MFMDA_PROFILE, else gpu if CUDA is available, else cpu)")
     return parser
@@ -78,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``mfmda``; returns the exit status (2 with a one-line message on bad input)."""
     args = build_parser().parse_args(argv)
     if args.command is None:
-        args = build_parser().parse_args(["zero-shot"] + (["--profile", args.profile] if args.profile else []))
-    commands = {"zero-shot": _cmd_zero_shot, "generate": _cmd_generate, "models": _cmd_models}
+        args = build_parser().parse_args(["run"] + (["--profile", args.profile] if args.profile else []))
+    commands = {"run": _cmd_run, "zero-shot": _cmd_zero_shot, "generate": _cmd_generate, "models": _cmd_models}
     try:
         commands[args.command](args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:

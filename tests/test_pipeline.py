@@ -1,0 +1,100 @@
+"""The pipeline's stage bookkeeping: a run killed in a stage resumes there and skips finished stages.
+
+The stages themselves are pinned by their own tests (diffusion, align); here they are replaced by
+fakes that count their calls, so the test runs in a second.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfmda_lib import pipeline
+from mfmda_lib.align import experiment as align_experiment
+from mfmda_lib.diffusion import source as ddpm_source
+from mfmda_lib.diffusion import stage1
+from mfmda_lib.io import DataError
+from mfmda_lib.pipeline_io import PipelineConfig
+
+
+class _FakeStage2:
+    def __init__(self, targets):
+        self.targets = targets
+        self.rows = [{"method": m, "domain": t, "disc_dice": d, "cup_dice": d - 0.1}
+                     for m, d in (("source_only", 0.6), ("mfmda", 0.8)) for t in targets]
+        self.costs, self.seconds = [], {}
+
+    def table(self):
+        return pd.DataFrame(self.rows).groupby(["method", "domain"])[["disc_dice", "cup_dice"]].mean()
+
+    def summary(self):
+        means = pd.DataFrame(self.rows).groupby("method")[["disc_dice", "cup_dice"]].mean()
+        return means.assign(dice=means.mean(axis=1))
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    calls = {"ddpm": 0, "stage1": 0, "stage2": 0, "fail_stage2": True}
+
+    def load_source_ddpm(profile, **kw):
+        calls["ddpm"] += 1
+        return None, None, tmp_path / "ddpm.pt"
+
+    def translated_source(profile, target, **kw):
+        calls["stage1"] += 1
+        return [target] * 2
+
+    def run_stage2(profile, source, translated, **kw):
+        calls["stage2"] += 1
+        if calls["fail_stage2"]:
+            calls["fail_stage2"] = False
+            raise KeyboardInterrupt("killed in stage 2")
+        return _FakeStage2(list(translated))
+
+    monkeypatch.setattr(ddpm_source, "load_source_ddpm", load_source_ddpm)
+    monkeypatch.setattr(stage1, "translated_source", translated_source)
+    monkeypatch.setattr(stage1, "source_samples", lambda profile: ["s1", "s2"])
+    monkeypatch.setattr(align_experiment, "run_stage2", run_stage2)
+    monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path / "results"))
+    return calls
+
+
+def test_a_killed_run_resumes_at_the_stage_it_died_in(fakes, tmp_path):
+    config = PipelineConfig(profile="ci", targets=["refuge_test", "riga_binrushed"], run_dir=str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(config, progress=False, log=lambda m: None)
+    assert fakes == {"ddpm": 1, "stage1": 2, "stage2": 1, "fail_stage2": False}
+    messages = []
+    result = pipeline.run_pipeline(config, progress=False, log=messages.append)
+    assert fakes["ddpm"] == 1  # finished stage skipped
+    assert fakes["stage2"] == 2  # the killed stage ran again
+    assert any("[source_ddpm] done in an earlier run" in m for m in messages)
+    assert result.summary.loc["mfmda", "dice"] > result.summary.loc["source_only", "dice"]
+    md = Path(result.files["md"]).read_text()
+    assert "MFM-DA is ahead" in md and Path(result.files["png"]).is_file()
+    assert Path(result.files["results_json"]).parent == tmp_path / "results"
+    # a third run has nothing left to do but reload
+    again = pipeline.run_pipeline(config, progress=False, log=lambda m: None)
+    assert set(again.seconds.values()) == {0.0}
+
+
+def test_a_bad_target_folder_fails_before_any_work(fakes, tmp_path):
+    config = PipelineConfig(profile="ci", target_folder=str(tmp_path / "missing"), run_dir=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="missing does not exist"):
+        pipeline.run_pipeline(config, progress=False, log=lambda m: None)
+    folder = tmp_path / "few"
+    folder.mkdir()
+    from mfmda_lib.io import save_png
+    save_png(folder / "one.png", np.zeros((32, 32, 3), np.uint8))
+    config = PipelineConfig(profile="ci", target_folder=str(folder), run_dir=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="at least K"):
+        pipeline.run_pipeline(config, progress=False, log=lambda m: None)
+    assert fakes["ddpm"] == 0
+
+
+def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys):
+    from mfmda_lib.cli import main
+
+    assert main(["run", "--profile", "ci", "--target-folder", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    assert main(["run", "--config", str(tmp_path / "none.toml")]) == 2
