@@ -27,6 +27,7 @@ __all__ = ["KNOWN_RESULTS", "results_inventory", "load_result", "setting_columns
 KNOWN_RESULTS: dict[str, str] = {
     "domain_probe_litemedsam": "00_setup_and_domain_shift",
     "zero_shot_litemedsam": "01_foundation_models",
+    "box_prompt_sensitivity": "01_foundation_models",
     "self_supervised_pretraining": "02_self_supervised_pretraining",
     "sam_decoder_adapter": "05_sam_decoder_adapter",
     "test_time_adaptation": "06_test_time_adaptation",
