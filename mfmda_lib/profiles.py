@@ -69,6 +69,7 @@ class Profile:
         ft_first_unit: first encoder unit that notebook 03 may train (``mfmda_lib.models.prefix`` names);
             the units before it are a frozen prefix whose outputs are cached on disk.
         peft_epochs: epochs of each PEFT run (notebook 04).
+        peft_probe_epochs: epochs of the linear probe whose head every PEFT run starts from (cheap: cached outputs).
         peft_first_unit: first encoder unit that notebook 04's methods adapt (the rest is a cached prefix).
         peft_lora_ranks: LoRA ranks of the rank sweep (notebook 04).
         # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
@@ -131,6 +132,7 @@ class Profile:
     # notebooks 07-09 and the mfmda pipeline (fields go here)
     ddpm_image_size: int
     ddpm_base_channels: int
+    peft_probe_epochs: int
     ddpm_train_images: int
     ddpm_train_steps: int
     ddpm_fusion_steps: int
@@ -208,12 +210,13 @@ SIZES: dict[str, tuple] = {
     "ft_train_images":    (2, 6, 160),
     "ft_val_images":      (1, 4, 40),
     "ft_eval_per_domain": (1, 6, 100),
-    "ft_batch_size":      (2, 2, 16),
-    "ft_epochs":          (1, 6, 30),
-    "ft_first_unit":      ("layers.3.blocks.1", "layers.2.blocks.0", "patch_embed"),
-    "peft_epochs":        (1, 3, 20),
+    "ft_batch_size":      (2, 1, 16),
+    "ft_epochs":          (1, 12, 30),
+    "ft_first_unit":      ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
+    "peft_epochs":        (1, 4, 20),
+    "peft_probe_epochs":  (1, 40, 100),
     "peft_first_unit":    ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
-    "peft_lora_ranks":    ((8,), (2, 4, 8, 16), (2, 4, 8, 16, 32)),
+    "peft_lora_ranks":    ((8,), (2, 8, 32), (2, 4, 8, 16, 32)),
     # notebooks 07-09 and the mfmda pipeline (rows go here)
     "ddpm_image_size":        (64, 64, 128),
     "ddpm_base_channels":     (32, 32, 64),

@@ -307,3 +307,38 @@ def test_frozen_cache_benchmark_script_runs_on_a_tiny_size(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert out.count("faster than recomputing the frozen part") == 2
     assert (tmp_path / "results" / "frozen_cache_toy_ci.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparisons' bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+def test_signatures_name_overfitting_and_rigidity():
+    from mfmda_lib.finetune import Comparison, RunResult
+    from mfmda_lib.train import History
+
+    def run(train, val):
+        epochs = [{"epoch": i, "train_loss": t, "val_score": v, "seconds": 1.0} for i, (t, v) in enumerate(zip(train, val))]
+        return RunResult(History(epochs=epochs, best_epoch=int(np.argmin(val))), None, 1, 10, False)
+
+    runs = {"segmentation/probe": run([1.0, 0.8, 0.7], [1.0, 0.85, 0.8]),
+            "segmentation/full": run([0.6, 0.2, 0.1], [0.5, 0.3, 0.4]),
+            "segmentation/fine": run([0.5, 0.2, 0.1], [0.5, 0.3, 0.25])}
+    said = Comparison(runs, {"segmentation": 10}, None).signatures("segmentation")
+    assert said["probe"].startswith("rigid") and "7.0x" in said["probe"]
+    assert said["full"].startswith("overfits") and "epoch 1" in said["full"]
+    assert said["fine"].startswith("neither")
+
+
+def test_peft_configs_of_the_profiles():
+    from mfmda_lib.finetune import ComparisonConfig, peft_configs
+    from mfmda_lib.profiles import PROFILES
+
+    config = ComparisonConfig()
+    seg = [c.label for c in peft_configs(PROFILES["cpu"], config, "segmentation")]
+    assert seg == [f"lora_r{r}_attn" for r in PROFILES["cpu"].peft_lora_ranks] + [
+        "lora_r8_attn_mlp", "adapter_b16", "visual_prompt_g8", "bitfit", "full"]
+    assert [c.label for c in peft_configs(PROFILES["ci"], config, "vcdr")] == [
+        "lora_r8_attn", "adapter_b16", "visual_prompt_g8", "bitfit", "full"]
+    full = [c for c in peft_configs(PROFILES["ci"], config, "vcdr") if c.method == "full"][0]
+    assert full.lr == config.full_lr

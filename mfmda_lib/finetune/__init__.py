@@ -18,12 +18,14 @@ from .memory import SavedTensorMeter, TrainingMemory, training_memory
 from .peft_methods import (LORA_TARGETS, METHODS, BottleneckAdapter, PeftConfig, VisualPrompts, inject, load_method,
                            lora_target_regex, save_method, task_model, trained_state_dict)
 from .runs import RunResult, TaskData, auroc, predict, score_rows, task_targets, train_run
-from .strategies import STRATEGIES, StrategyConfig, configure, first_trained_unit, group_learning_rates
+from .strategies import (STRATEGIES, StrategyConfig, configure, first_trained_unit, group_learning_rates,
+                         schedule_table, unit_table)
 
 __all__ = [
     "TASKS", "SegmentationHead", "VCDRHead", "TaskModel", "build_head", "task_loss", "unit_groups",
     "prefix_cache", "prefix_features", "advance",
-    "StrategyConfig", "STRATEGIES", "configure", "first_trained_unit", "group_learning_rates",
+    "StrategyConfig", "STRATEGIES", "configure", "first_trained_unit", "group_learning_rates", "unit_table",
+    "schedule_table",
     "METHODS", "LORA_TARGETS", "PeftConfig", "BottleneckAdapter", "VisualPrompts", "inject", "task_model",
     "lora_target_regex", "trained_state_dict", "save_method", "load_method",
     "TrainingMemory", "SavedTensorMeter", "training_memory",

@@ -118,12 +118,17 @@ class Comparison:
     Attributes:
         runs: key -> :class:`RunResult` (``rows``: per-image scores).
         base_params: task -> parameters of the foundation encoder + head (the denominator of ``trainable_pct``).
-        start: the first unit the methods may change.
+        data: the samples and cached features the runs used.
     """
 
     runs: dict[str, RunResult]
     base_params: dict[str, int]
-    start: str
+    data: FinetuneData
+
+    @property
+    def start(self) -> str:
+        """The first unit the methods may change."""
+        return self.data.start
 
     def rows(self, task: str) -> list[dict]:
         return [r for key, run in self.runs.items() if key.startswith(f"{task}/") for r in run.rows]
@@ -166,6 +171,36 @@ class Comparison:
         """method -> ``{"train_loss": [...], "val_loss": [...]}`` per epoch."""
         return {key.split("/", 1)[1]: {"train_loss": run.history.train_loss, "val_loss": run.history.val_score}
                 for key, run in self.runs.items() if key.startswith(f"{task}/")}
+
+    def memory_table(self, task: str) -> pd.DataFrame:
+        """Training memory per method (MB): saved activations, gradients, optimizer state, total."""
+        return pd.DataFrame([{"method": key.split("/", 1)[1], **run.memory.as_dict()}
+                             for key, run in self.runs.items() if key.startswith(f"{task}/") and run.memory is not None]
+                            ).set_index("method")
+
+    def signatures(self, task: str, *, rise: float = 0.05, rigid: float = 1.25) -> dict[str, str]:
+        """A sentence per method naming the failure signature its learning curves show.
+
+        *Overfitting*: the validation loss ends more than ``rise`` (relative) above its minimum while
+        the training loss kept falling. *Rigidity*: the final training loss is more than ``rigid``
+        times the lowest final training loss of the comparison (the model cannot fit its data).
+        """
+        curves = self.curves(task)
+        lowest = min(c["train_loss"][-1] for c in curves.values())
+        out = {}
+        for method, c in curves.items():
+            train, val = c["train_loss"], c["val_loss"]
+            best = int(np.argmin(val))
+            notes = []
+            if val[-1] > val[best] * (1 + rise) and train[-1] < train[best]:
+                notes.append(f"overfits: validation loss rose from {val[best]:.3f} (epoch {best}) to {val[-1]:.3f} "
+                             f"while training loss fell from {train[best]:.3f} to {train[-1]:.3f}")
+            if train[-1] > rigid * lowest:
+                notes.append(f"rigid: its final training loss {train[-1]:.3f} is {train[-1] / lowest:.1f}x the "
+                             f"lowest of the comparison ({lowest:.3f})")
+            out[method] = "; ".join(notes) or (f"neither signature in {len(train)} epochs (final train loss "
+                                               f"{train[-1]:.3f}, best validation loss {val[best]:.3f} at epoch {best})")
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +252,10 @@ def _strategy_builder(strategy: StrategyConfig) -> Builder:
     return build
 
 
-def _peft_builder(config: PeftConfig) -> Builder:
+def _peft_builder(config: PeftConfig, head_state: dict | None = None) -> Builder:
     def build(model: TaskModel):
+        if head_state is not None:
+            model.head.load_state_dict(head_state)
         net, groups = inject(model, config)
         return net, groups, lambda epoch: model.start, model.start
     return build
@@ -241,7 +278,7 @@ def run_strategies(profile: Profile, segmenter: PromptableSegmenter, cache: Embe
             profile, segmenter, data, "segmentation", strategy.name, _strategy_builder(strategy),
             epochs=profile.ft_epochs, patience=config.patience, weight_decay=strategy.weight_decay,
             checkpoint=ckpt, progress=progress)
-    return Comparison(runs, base, data.start)
+    return Comparison(runs, base, data)
 
 
 def peft_configs(profile: Profile, config: ComparisonConfig, task: str) -> list[PeftConfig]:
@@ -270,6 +307,11 @@ def run_peft(profile: Profile, segmenter: PromptableSegmenter, cache: EmbeddingC
              progress: bool = True) -> tuple[Comparison, dict[str, tuple[PeftConfig, nn.Module]]]:
     """Notebook 04: linear probe, LoRA (rank sweep, targets), adapter, visual prompt, BitFit, full fine-tuning.
 
+    Per task, a linear probe trains first (``profile.peft_probe_epochs`` epochs on the cached encoder
+    outputs: cheap); every other method starts from its head and trains for ``profile.peft_epochs``
+    epochs (LP-FT, Kumar et al. 2022: a random head's first gradients would distort the pretrained
+    features, and the few steps of a CPU run would go to fitting the head).
+
     Returns:
         The :class:`Comparison` and, per task, the LoRA config and trained ``PeftModel`` of rank
         ``config.lora_rank`` (for the save / load / merge demonstration).
@@ -279,17 +321,19 @@ def run_peft(profile: Profile, segmenter: PromptableSegmenter, cache: EmbeddingC
     runs, base, lora_nets = {}, {}, {}
     probe = STRATEGIES["linear_probe"]
     for task in tasks:
-        ckpt = _checkpoint(profile, segmenter, task, "linear_probe", data.start, profile.peft_epochs, probe,
+        ckpt = _checkpoint(profile, segmenter, task, "linear_probe", data.start, profile.peft_probe_epochs, probe,
                            config.patience)
-        runs[f"{task}/linear_probe"], base[task], _ = _run(
-            profile, segmenter, data, task, "linear_probe", _strategy_builder(probe), epochs=profile.peft_epochs,
-            patience=config.patience, weight_decay=probe.weight_decay, checkpoint=ckpt, progress=progress)
+        runs[f"{task}/linear_probe"], base[task], probed = _run(
+            profile, segmenter, data, task, "linear_probe", _strategy_builder(probe),
+            epochs=profile.peft_probe_epochs, patience=config.patience, weight_decay=probe.weight_decay,
+            checkpoint=ckpt, progress=progress)
+        head = copy.deepcopy(probed.head.state_dict())
         for cfg in peft_configs(profile, config, task):
             ckpt = _checkpoint(profile, segmenter, task, cfg.label, data.start, profile.peft_epochs, cfg,
-                               config.patience)
+                               config.patience, "lp-ft", profile.peft_probe_epochs)
             runs[f"{task}/{cfg.label}"], _, net = _run(
-                profile, segmenter, data, task, cfg.label, _peft_builder(cfg), epochs=profile.peft_epochs,
+                profile, segmenter, data, task, cfg.label, _peft_builder(cfg, head), epochs=profile.peft_epochs,
                 patience=config.patience, weight_decay=cfg.weight_decay, checkpoint=ckpt, progress=progress)
             if cfg.method == "lora" and cfg.r == config.lora_rank and cfg.targets == "attn":
                 lora_nets[task] = (cfg, net)
-    return Comparison(runs, base, data.start), lora_nets
+    return Comparison(runs, base, data), lora_nets

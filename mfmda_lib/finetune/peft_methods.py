@@ -73,7 +73,7 @@ class PeftConfig:
 
     method: str
     lr: float = 1e-3
-    lr_head: float = 3e-3
+    lr_head: float = 1e-2
     weight_decay: float = 0.0
     r: int = 8
     alpha: float | None = None
