@@ -57,9 +57,14 @@ class Profile:
         small_model_epochs: epochs of training that CNN on the source domain.
         tta_batch_size: test images per adaptation batch (notebook 06).
         ssl_image_size: image side for self-supervised pretraining of the small ViT (notebook 02).
-        ssl_epochs: epochs of self-supervised pretraining (MAE, and the joint-embedding method).
+        ssl_pool_per_domain: unlabelled ``train`` images per domain in the pretraining pool (notebook 02).
+        ssl_mae_steps: optimisation steps of MAE pretraining.
+        ssl_dino_steps: optimisation steps of DINO pretraining (each costs ~4 MAE steps: two full views,
+            student and teacher).
         ssl_batch_size: images per self-supervised step.
-        finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 02-04).
+        ssl_label_draws: draws of labelled images at the smallest label budget (results are averaged).
+        ssl_downstream_steps: optimisation steps of each notebook-02 probe / fine-tuning run (whatever the budget).
+        finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 03-04).
         # -- notebooks 03-04 (fine-tuning strategies, PEFT): document new fields here --
         ft_train_images: labelled source images that fine-tuning / PEFT runs train on (notebooks 03-04).
         ft_val_images: further source images held out for early stopping on the validation loss.
@@ -116,8 +121,12 @@ class Profile:
     tta_batch_size: int
     # notebook 02: self-supervised pretraining
     ssl_image_size: int
-    ssl_epochs: int
+    ssl_pool_per_domain: int
+    ssl_mae_steps: int
+    ssl_dino_steps: int
     ssl_batch_size: int
+    ssl_label_draws: int
+    ssl_downstream_steps: int
     finetune_epochs: int
     # notebooks 03-04: fine-tuning strategies and PEFT (fields go here)
     ft_train_images: int
@@ -203,8 +212,12 @@ SIZES: dict[str, tuple] = {
     "tta_batch_size":     (4, 8, 16),
     # notebook 02
     "ssl_image_size":     (64, 64, 128),
-    "ssl_epochs":         (1, 100, 200),
+    "ssl_pool_per_domain": (8, 256, 1000),
+    "ssl_mae_steps":      (8, 2000, 8000),
+    "ssl_dino_steps":     (4, 500, 4000),
     "ssl_batch_size":     (8, 32, 128),
+    "ssl_label_draws":    (2, 3, 5),
+    "ssl_downstream_steps": (1, 100, 250),
     "finetune_epochs":    (1, 30, 50),
     # notebooks 03-04 (rows go here)
     "ft_train_images":    (2, 6, 160),

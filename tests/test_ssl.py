@@ -1,13 +1,21 @@
-"""Self-supervised pretraining: masking, MAE loss, DINO update rules, downstream heads, weights on disk."""
+"""Self-supervised pretraining: masking, MAE loss, DINO update rules, downstream heads, weights on disk,
+input standardisation, camera augmentation, the collapse check, the unlabelled pool and the verdict."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from mfmda_lib.data import FundusSample
+from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
-                           budget_subset, ema_update, evaluate, load_encoder, masked_reconstruction_loss, patchify,
-                           random_masking, save_encoder, train_downstream, unpatchify, update_center)
+                           budget_subset, camera_jitter, ema_update, evaluate, load_encoder, masked_reconstruction_loss,
+                           patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
+                           standardize_images, teacher_entropy, train_downstream, unlabelled_pool, unpatchify,
+                           update_center, verdict, warmup_cosine)
 from mfmda_lib.ssl.dino import dino_loss
+from mfmda_lib.ssl.experiment import SSLBenchmark, _per_draw
+from mfmda_lib.ssl.pool import pool_path
 
 TINY = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2)
 
@@ -126,3 +134,124 @@ def test_encoder_weights_load_if_present(tmp_path):
     assert torch.allclose(loaded(x), enc.eval()(x))
     with pytest.raises(ValueError, match="saved for"):
         load_encoder(path, ViTConfig(image_size=32, patch_size=8, dim=64, depth=1, heads=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# input standardisation: a camera's per-channel gain and offset do not reach the tokens
+# ---------------------------------------------------------------------------------------------
+
+def test_encoder_ignores_per_channel_gain_and_offset():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    gain, offset = torch.rand(2, 3, 1, 1) + 0.5, torch.randn(2, 3, 1, 1)
+    enc = ViTEncoder(TINY).eval()
+    assert torch.allclose(enc(x), enc(x * gain + offset), atol=5e-3)  # up to the eps of the std
+    raw = ViTEncoder(ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2, standardize_input=False)).eval()
+    assert not torch.allclose(raw(x), raw(x * gain + offset), atol=1e-2)  # without it the cast shows
+    z, mean, std = standardize_images(x)
+    assert torch.allclose(z * std + mean, x, atol=1e-5) and torch.allclose(z.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)
+
+
+def test_mae_target_is_standardised_and_reconstruction_keeps_visible_pixels():
+    mae = MAE(ViTEncoder(TINY), MAEConfig(decoder_dim=16, decoder_depth=1, decoder_heads=2, norm_pix_loss=False))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(mae.target(x * 3 + 1), mae.target(x), atol=5e-3)  # up to the eps of the std
+    visible, pasted = mae.reconstruct(x, torch.Generator().manual_seed(0))
+    kept = visible != 0  # hidden patches are blank, visible ones are the input itself
+    assert kept.float().mean() == pytest.approx(0.25, abs=0.01)
+    assert torch.allclose(visible[kept], x[kept], atol=1e-4) and torch.allclose(pasted[kept], x[kept], atol=1e-4)
+
+
+def test_camera_jitter_survives_standardisation():
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    v = camera_jitter(x, DINOConfig(), g)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    assert (standardize_images(v)[0] - standardize_images(x)[0]).abs().mean() > 0.05  # not undone by the encoder
+    off = DINOConfig(gamma_jitter=0.0, blur_sigma=0.0, noise_sigma=0.0)
+    assert torch.allclose(camera_jitter(x, off, g), x, atol=1e-5)  # pixels in (0, 1): nothing changes
+
+
+def test_teacher_entropy_detects_both_collapses():
+    k = 16
+    uniform = teacher_entropy(torch.zeros(8, k), torch.zeros(1, k), 0.04)
+    assert uniform == pytest.approx((math.log(k), math.log(k)), rel=1e-4)  # everything flat
+    one = torch.zeros(8, k)
+    one[:, 3] = 10.0
+    h_sample, h_mean = teacher_entropy(one, torch.zeros(1, k), 0.04)
+    assert h_sample < 1e-3 and h_mean < 1e-3  # every image on one prototype
+    diverse = torch.eye(k)[:8] * 10
+    h_sample, h_mean = teacher_entropy(diverse, torch.zeros(1, k), 0.04)
+    assert h_sample < 1e-3 and h_mean == pytest.approx(math.log(8), rel=1e-3)  # sharp and spread: healthy
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(54) == pytest.approx(0.5, abs=0.02) and f(99) < 0.01
+    assert all(f(t) >= f(t + 1) for t in range(10, 99))
+
+
+# ---------------------------------------------------------------------------------------------
+# the unlabelled pool and pretraining: cached, checksummed, reloaded
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFMDA_CACHE", str(tmp_path / "cache"))
+    return get_profile("ci").replace(image_size=64, ssl_image_size=32, ssl_pool_per_domain=2, ssl_batch_size=4,
+                                     ssl_mae_steps=3, ssl_dino_steps=2)
+
+
+def test_pool_is_cached_and_rendered_again_when_corrupted(tiny_profile, one_torch_thread):
+    pool = unlabelled_pool(tiny_profile, progress=False)
+    assert pool.shape == (8, 3, 32, 32)
+    path = pool_path(tiny_profile)
+    payload = torch.load(path, weights_only=True)
+    assert torch.equal(unlabelled_pool(tiny_profile, progress=False), pool)  # from the cache
+    payload["images"][0] = 0  # corrupt the file: the checksum no longer matches
+    torch.save(payload, path)
+    assert torch.equal(unlabelled_pool(tiny_profile, progress=False), pool)  # rendered again...
+    assert not torch.equal(torch.load(path, weights_only=True)["images"][0], payload["images"][0])  # ...and saved
+
+
+def test_pretrained_encoder_trains_once_then_loads(tiny_profile, one_torch_thread):
+    enc, info, extras = pretrained_encoder(tiny_profile, "dino", progress=False)
+    assert info["trained"] and info["steps"] == 2 and len(info["teacher_entropy"]) == len(info["loss"])
+    assert all(0 <= h <= info["log_k"] + 1e-4 for pair in info["teacher_entropy"] for h in pair)
+    again, info2, _ = pretrained_encoder(tiny_profile, "dino", progress=False)
+    assert not info2["trained"] and info2["checkpoint"] == info["checkpoint"]
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(again(x), enc(x))
+    mae, minfo, mextras = pretrained_encoder(tiny_profile, "mae", progress=False)
+    assert minfo["steps"] == 3 and mextras["reconstruction"].shape[1:] == (4, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict is computed from the numbers
+# ---------------------------------------------------------------------------------------------
+
+def _fake_rows(target_disc: dict[str, list[float]]) -> list[dict]:
+    rows = []
+    for init, per_draw in target_disc.items():
+        for draw, value in enumerate(per_draw):
+            for domain, dice in (("refuge_train", 0.9), ("riga_messidor", value)):
+                for i in range(2):
+                    base = {"protocol": "finetune", "budget": 0.1, "init": init, "draw": draw, "domain": domain,
+                            "sample_id": f"{domain}{i}", "n_labels": 4}
+                    rows.append({**base, "task": "segmentation", "disc_dice": dice, "cup_dice": dice / 2})
+    return rows
+
+
+def test_verdict_needs_a_win_on_average_and_in_most_draws():
+    rows = _fake_rows({"random": [0.5, 0.5, 0.5], "mae": [0.6, 0.6, 0.4], "dino": [0.9, 0.4, 0.4]})
+    per_draw = _per_draw(rows)
+    table = per_draw.groupby(level=["protocol", "budget", "init"]).mean()
+    result = SSLBenchmark(rows, per_draw, table, table, {"draws_at_smallest_budget": 3})
+    cmp = smallest_budget_comparison(result)
+    assert tuple(cmp.loc[("finetune", "mae", "target_disc_dice"), ["wins", "draws"]]) == (2, 3)
+    assert cmp.loc[("finetune", "dino", "target_disc_dice"), "gain"] == pytest.approx(0.0667, abs=1e-3)
+    lines = verdict(result)
+    assert any("| mae: BEATS" in line for line in lines)  # better on average and in 2 of 3 draws
+    assert any("| dino: does not beat" in line for line in lines)  # better on average, but in 1 of 3 draws only
+    assert lines[-1] == "=> segmentation: pretraining beats random initialisation at the smallest budget: mae (finetune)."

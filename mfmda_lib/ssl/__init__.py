@@ -5,26 +5,29 @@ Two families, one encoder:
 * :mod:`.mae`: masked autoencoding, a *reconstruction* method (He et al. 2022);
 * :mod:`.dino`: self-distillation with an EMA teacher, a *joint-embedding* method (Caron et al. 2021);
 
-then :mod:`.downstream` measures what pretraining buys with few labels (linear probe and
+both pretrained on :mod:`.pool` (many unlabelled images of every hospital). Then :mod:`.downstream` measures what pretraining buys with few labels (linear probe and
 fine-tuning; vCDR / glaucoma suspect and disc/cup segmentation), and :mod:`.experiment` runs it
 all for a profile, caching the pretrained weights for later notebooks.
 
-Verbs: ``pretrained_encoder`` (load if present, else pretrain), ``train_downstream``,
-``evaluate``, ``run_label_budgets``.
+Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretrain),
+``train_downstream``, ``evaluate``, ``run_label_budgets``, ``verdict``.
 """
-from .dino import DINO, DINOConfig, dino_loss, ema_update, two_views, update_center
+from .dino import DINO, DINOConfig, camera_jitter, dino_loss, ema_update, teacher_entropy, two_views, update_center
 from .downstream import (LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
                          budget_subset, evaluate, train_downstream)
-from .experiment import (METHODS, SSLBenchmark, pretrained_encoder, run_label_budgets, to_uint8, unlabelled_pool,
-                         vit_config)
+from .experiment import (METHODS, TASK_SCORES, SSLBenchmark, pretrained_encoder, pretraining_steps, run_label_budgets,
+                         smallest_budget_comparison, to_uint8, verdict, vit_config, warmup_cosine)
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
-from .vit import ViTConfig, ViTEncoder, load_encoder, patchify, save_encoder, unpatchify
+from .pool import pool_domains, unlabelled_pool
+from .vit import ViTConfig, ViTEncoder, load_encoder, patchify, save_encoder, standardize_images, unpatchify
 
 __all__ = [
-    "ViTConfig", "ViTEncoder", "patchify", "unpatchify", "save_encoder", "load_encoder",
+    "ViTConfig", "ViTEncoder", "patchify", "unpatchify", "standardize_images", "save_encoder", "load_encoder",
     "MAEConfig", "MAE", "random_masking", "masked_reconstruction_loss",
-    "DINOConfig", "DINO", "two_views", "ema_update", "update_center", "dino_loss",
+    "DINOConfig", "DINO", "two_views", "camera_jitter", "ema_update", "update_center", "dino_loss", "teacher_entropy",
     "LABEL_BUDGETS", "DownstreamConfig", "DownstreamModel", "VCDRHead", "SegmentationHead", "budget_subset",
     "train_downstream", "evaluate",
-    "METHODS", "SSLBenchmark", "pretrained_encoder", "run_label_budgets", "to_uint8", "unlabelled_pool", "vit_config",
+    "unlabelled_pool", "pool_domains",
+    "METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
+    "run_label_budgets", "smallest_budget_comparison", "verdict", "to_uint8", "vit_config",
 ]

@@ -9,6 +9,12 @@ moving average of the student's (Sec. 3.1, "Teacher network"), and collapse is a
 *centering* the teacher's output with a running mean ``c`` and *sharpening* it with a low
 temperature (Sec. 3.1, "Avoiding collapse"; Eq. 4 for the centre update).
 
+What DINO learns to ignore is what its augmentations change. The paper's colour jitter (a gain
+and an offset per channel) is a no-op for an encoder that standardises each image per channel
+(:attr:`ViTConfig.standardize_input`), so the views here differ by what a camera changes and
+standardisation does not undo: a per-channel gamma, blur and sensor noise (:func:`camera_jitter`),
+on top of random resized crops and flips.
+
 Sections: config, helpers (augmentation, the three update rules), model (:class:`DINO` wraps a
 :class:`ViTEncoder`).
 """
@@ -24,7 +30,8 @@ from torch.nn import functional as F
 
 from .vit import ViTEncoder
 
-__all__ = ["DINOConfig", "DINO", "DINOHead", "random_view", "two_views", "ema_update", "update_center", "dino_loss"]
+__all__ = ["DINOConfig", "DINO", "DINOHead", "random_view", "camera_jitter", "two_views", "ema_update",
+           "update_center", "dino_loss", "teacher_entropy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +52,9 @@ class DINOConfig:
         ema_momentum: ``lambda`` of the teacher's EMA of the student, at the start of training;
             raised to 1 along a cosine schedule as in the paper.
         crop_scale: range of the area fraction of the random resized crops.
-        jitter: strength of brightness / contrast / colour jitter (0: none).
+        gamma_jitter: per-channel gamma drawn log-uniformly in ``exp(+-gamma_jitter)`` (0: none).
+        blur_sigma: largest Gaussian blur of a view, in pixels (0: none).
+        noise_sigma: largest sensor noise of a view, in pixel units of [0, 1] (0: none).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
     """
@@ -58,7 +67,9 @@ class DINOConfig:
     center_momentum: float = 0.9
     ema_momentum: float = 0.99
     crop_scale: tuple[float, float] = (0.4, 1.0)
-    jitter: float = 0.4
+    gamma_jitter: float = 0.4
+    blur_sigma: float = 1.2
+    noise_sigma: float = 0.02
     lr: float = 5e-4
     weight_decay: float = 0.04
 
@@ -71,14 +82,16 @@ class DINOConfig:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if min(self.gamma_jitter, self.blur_sigma, self.noise_sigma) < 0:
+            raise ValueError("gamma_jitter, blur_sigma and noise_sigma must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def random_view(x: torch.Tensor, scale: tuple[float, float], jitter: float, g: torch.Generator) -> torch.Tensor:
-    """One random resized crop, horizontal flip and colour jitter per image: ``(B, 3, S, S)`` -> same shape."""
+def random_view(x: torch.Tensor, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """One random resized square crop and horizontal flip per image: ``(B, 3, S, S)`` -> same shape."""
     b = len(x)
     area = torch.empty(b).uniform_(*scale, generator=g)  # (B,) area fraction of the crop
     side = area.sqrt()  # square crops
@@ -89,19 +102,45 @@ def random_view(x: torch.Tensor, scale: tuple[float, float], jitter: float, g: t
     theta[:, 0, 0], theta[:, 1, 1] = side * flip, side
     theta[:, 0, 2], theta[:, 1, 2] = cx, cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, S, S, 2)
-    v = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if jitter > 0:
-        gain = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * jitter  # brightness / contrast
-        shift = (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1) * jitter * 0.5  # per-channel colour
-        mean = v.mean(dim=(1, 2, 3), keepdim=True)
-        v = (v - mean) * gain + mean + shift
-    return v
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one ``sigma (B,)`` per image: ``(B, C, H, W)`` -> same shape."""
+    b, c, h, w = x.shape
+    radius = max(1, math.ceil(2 * float(sigma.max())))
+    k = torch.arange(-radius, radius + 1, dtype=x.dtype)  # (K,)
+    kernel = torch.exp(-k ** 2 / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))  # (B, K)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
+    z = x.reshape(1, b * c, h, w)  # (1, B*C, H, W): one group per image channel
+    z = F.conv2d(F.pad(z, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * c)
+    z = F.conv2d(F.pad(z, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=b * c)
+    return z.reshape(b, c, h, w)
+
+
+def camera_jitter(x: torch.Tensor, config: "DINOConfig", g: torch.Generator) -> torch.Tensor:
+    """What another camera would make of the same eye: per-channel gamma, blur and noise.
+
+    ``x (B, 3, S, S)`` normalised with the kit's ``PIXEL_MEAN`` / ``PIXEL_STD`` -> same shape and scale.
+    """
+    from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD
+
+    b = len(x)
+    pixels = (x * PIXEL_STD + PIXEL_MEAN).clamp(1e-4, 1)  # (B, 3, S, S) in (0, 1]
+    gamma = torch.exp(config.gamma_jitter * (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1))  # (B, 3, 1, 1)
+    pixels = pixels ** gamma
+    if config.blur_sigma > 0:
+        pixels = _gaussian_blur(pixels, torch.rand(b, generator=g) * config.blur_sigma)
+    if config.noise_sigma > 0:
+        level = torch.rand(b, 1, 1, 1, generator=g) * config.noise_sigma  # (B, 1, 1, 1)
+        pixels = pixels + torch.randn(pixels.shape, generator=g) * level
+    return (pixels - PIXEL_MEAN) / PIXEL_STD
 
 
 def two_views(x: torch.Tensor, config: DINOConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent augmentations of a batch ``(B, 3, S, S)`` (DINO's two global crops)."""
-    return (random_view(x, config.crop_scale, config.jitter, generator),
-            random_view(x, config.crop_scale, config.jitter, generator))
+    return tuple(camera_jitter(random_view(x, config.crop_scale, generator), config, generator)  # type: ignore
+                 for _ in range(2))
 
 
 @torch.no_grad()
@@ -134,6 +173,26 @@ def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], 
                 total = total + (-target * log_p).sum(dim=-1).mean()
                 pairs += 1
     return total / pairs
+
+
+@torch.no_grad()
+def teacher_entropy(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> tuple[float, float]:
+    """Collapse check, as in the paper's collapse study: entropies of the teacher's centred, sharpened targets.
+
+    Args:
+        teacher_out: ``(B, K)`` teacher logits; ``center``: ``(1, K)``.
+
+    Returns:
+        ``(h_sample, h_mean)``: the mean entropy of each image's target and the entropy of the
+        batch-averaged target, in nats (at most ``log K``). Collapse to one prototype drives both
+        to 0; collapse to the uniform output drives ``h_sample`` to ``log K``. Healthy training keeps
+        ``h_sample`` well below ``h_mean``: sharp per image, diverse over the batch.
+    """
+    p = F.softmax((teacher_out - center) / teacher_temp, dim=-1)  # (B, K)
+    h_sample = -(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    mean = p.mean(dim=0)  # (K,)
+    h_mean = -(mean * mean.clamp_min(1e-12).log()).sum()
+    return float(h_sample), float(h_mean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +228,8 @@ class _Branch(nn.Module):
 class DINO(nn.Module):
     """Student and EMA teacher around ``encoder`` (the student's encoder: pretrained weights live there).
 
-    ``loss = dino(x, generator)`` draws two views, runs both networks and updates the centre;
+    ``loss = dino(x, generator)`` draws two views, runs both networks, records the teacher's
+    :func:`teacher_entropy` in ``dino.entropy`` and updates the centre;
     call :meth:`update_teacher` after every optimizer step (or let :meth:`forward` do it for the
     previous step, as :func:`mfmda_lib.train.fit` has no after-step hook: ``lazy_teacher=True``).
     """
@@ -184,6 +244,7 @@ class DINO(nn.Module):
         self.register_buffer("center", torch.zeros(1, self.config.out_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.total_steps, self.lazy_teacher = max(1, total_steps), lazy_teacher
+        self.entropy: tuple[float, float] | None = None  # (h_sample, h_mean) of the last batch: see teacher_entropy
 
     @property
     def teacher_encoder(self) -> ViTEncoder:
@@ -212,6 +273,7 @@ class DINO(nn.Module):
         with torch.no_grad():
             teacher_out = [self.teacher(v) for v in views]
         loss = dino_loss(student_out, teacher_out, self.center, self.config.student_temp, self.config.teacher_temp)
+        self.entropy = teacher_entropy(torch.cat(teacher_out), self.center, self.config.teacher_temp)
         if self.training:
             self.center.copy_(update_center(self.center, torch.cat(teacher_out), self.config.center_momentum))
         return loss

@@ -1,10 +1,14 @@
 """Notebook 02 as a few calls: pretrain (load if present, else train) and compare with random init.
 
-:func:`pretrained_encoder` returns a small ViT pretrained by MAE or DINO on the unlabelled
-``train`` images of *every* domain (labels unused), cached under
-``<cache>/checkpoints/ssl_<method>_<profile>_<hash>.pt`` so later notebooks reuse it.
+:func:`pretrained_encoder` returns a small ViT pretrained by MAE or DINO on the unlabelled pool
+of *every* domain (:mod:`.pool`; labels unused), cached under
+``<cache>/checkpoints/ssl_<method>_<profile>_<hash>.pt`` so later notebooks reuse it. Pretraining
+runs a fixed number of steps (``ssl_mae_steps``, ``ssl_dino_steps``) with a linear warm-up and a
+cosine decay of the learning rate, as both papers do.
 :func:`run_label_budgets` trains every downstream head on each label budget of the source
-hospital's labelled images, from each encoder, and scores it on every hospital's test split.
+hospital's labelled images, from each encoder, with the same recipe for every encoder, and
+scores it on every hospital's test split; the smallest budget is repeated over several draws of
+its few labelled images. :func:`verdict` turns the smallest budget's numbers into sentences.
 Every size comes from the :class:`~mfmda_lib.profiles.Profile`.
 """
 from __future__ import annotations
@@ -15,13 +19,13 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD, to_tensor
+from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD
 from ..data import SOURCE_DOMAIN
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
@@ -29,30 +33,26 @@ from .dino import DINO, DINOConfig, random_view
 from .downstream import (LABEL_BUDGETS, PROTOCOLS, TASKS, DownstreamConfig, auroc, budget_subset, evaluate,
                          train_downstream)
 from .mae import MAE, MAEConfig
+from .pool import unlabelled_pool
 from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
-__all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretrained_encoder",
-           "to_uint8", "SSLBenchmark", "run_label_budgets"]
+__all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
+           "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "run_label_budgets",
+           "smallest_budget_comparison", "verdict"]
 
 #: Self-supervised methods and their config classes.
 METHODS = {"mae": MAEConfig, "dino": DINOConfig}
 #: Reconstructions kept for the figure: this many images, at this many points of training.
 N_SNAPSHOT_IMAGES, N_SNAPSHOTS = 4, 4
-#: MAE's own augmentation: random resized crops over this area range, flips, no colour jitter.
+#: MAE's own augmentation: random resized crops over this area range and flips.
 MAE_CROP_SCALE = (0.5, 1.0)
+#: Share of the pretraining steps spent warming the learning rate up linearly from 0.
+WARMUP_FRACTION = 0.05
 
 
 def vit_config(profile: Profile) -> ViTConfig:
     """The encoder of the kit's SSL notebooks at the profile's ``ssl_image_size``."""
     return ViTConfig(image_size=profile.ssl_image_size)
-
-
-def unlabelled_pool(profile: Profile) -> torch.Tensor:
-    """The ``train`` images of every domain at ``ssl_image_size``, labels dropped: ``(N, 3, S, S)``."""
-    from ..experiments import benchmark_samples  # experiments sits above ssl in the layering
-
-    samples = benchmark_samples(profile, "train", profile.train_per_domain)
-    return to_tensor(samples, profile.ssl_image_size)[0]
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -61,13 +61,31 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return pixels.movedim(-3, -1).round().to(torch.uint8).numpy()
 
 
+def pretraining_steps(profile: Profile, method: str) -> int:
+    """Optimisation steps of ``method``'s pretraining in ``profile``."""
+    return profile.ssl_mae_steps if method == "mae" else profile.ssl_dino_steps
+
+
 def checkpoint_path(profile: Profile, method: str, vit: ViTConfig, config) -> Path:
     """``<cache>/checkpoints/ssl_<method>_<profile>_<hash>.pt``, the hash over all that shapes the weights."""
-    key = {"method": method, "profile": profile.name, "n": profile.train_per_domain, "epochs": profile.ssl_epochs,
+    key = {"method": method, "profile": profile.name, "pool": profile.ssl_pool_per_domain,
+           "image_size": profile.image_size, "steps": pretraining_steps(profile, method),
            "batch": profile.ssl_batch_size, "seed": profile.seed, "severity": profile.severity,
-           "vit": asdict(vit), "config": asdict(config), "version": 1}
+           "warmup": WARMUP_FRACTION, "vit": asdict(vit), "config": asdict(config), "version": 2}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return paths().cache / "checkpoints" / f"ssl_{method}_{profile.name}_{digest}.pt"
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float = WARMUP_FRACTION) -> Callable[[int], float]:
+    """Learning-rate factor of step ``t``: linear warm-up to 1, then half a cosine down to 0."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / max(1, total_steps - warmup))))
+
+    return factor
 
 
 def _snapshot_epochs(epochs: int) -> list[int]:
@@ -81,7 +99,9 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
 
     Returns:
         ``(encoder in eval mode, info, extras)``: ``info`` has ``trained`` (False when loaded),
-        ``loss`` per epoch, ``seconds`` and ``checkpoint``; for MAE ``extras`` holds
+        ``loss`` per epoch (one pass over the pool), ``seconds``, ``steps`` and ``checkpoint``; for
+        DINO also ``teacher_entropy``, per epoch ``[h_sample, h_mean]`` (see
+        :func:`~mfmda_lib.ssl.dino.teacher_entropy`) and ``log_k``; for MAE ``extras`` holds
         ``snapshot_epochs (T,)``, ``visible`` and ``reconstruction`` ``(T, n, 3, S, S)``: fixed
         images as the encoder saw them and as the model rebuilt them at ``T`` points of training.
     """
@@ -95,56 +115,72 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
         encoder, info, extras = loaded
         return encoder, {**info, "trained": False, "checkpoint": str(path)}, extras
 
+    pool = unlabelled_pool(profile, progress=progress)  # (N, 3, S, S)
     seed_everything(profile.seed)
-    pool = unlabelled_pool(profile)  # (N, 3, S, S)
     encoder = ViTEncoder(vit)
-    steps_per_epoch = math.ceil(len(pool) / profile.ssl_batch_size)
+    steps, batch_size = pretraining_steps(profile, method), min(profile.ssl_batch_size, len(pool))
+    steps_per_epoch = len(pool) // batch_size  # full batches only
+    epochs = math.ceil(steps / steps_per_epoch)
     g = torch.Generator().manual_seed(profile.seed)
+    entropy: list[tuple[float, float]] = []
     if method == "mae":
         model = MAE(encoder, config)
         probe = pool[torch.linspace(0, len(pool) - 1, N_SNAPSHOT_IMAGES).long()]  # one image per domain
         shots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def snapshot(epoch: int) -> None:
-            if epoch in _snapshot_epochs(profile.ssl_epochs) and epoch not in shots:
+            if epoch in _snapshot_epochs(epochs) and epoch not in shots:
                 shots[epoch] = model.reconstruct(probe, torch.Generator().manual_seed(profile.seed))
 
         def loss_fn(m, batch):
             return m(batch, g)[0]
     else:
-        model = DINO(encoder, config, total_steps=profile.ssl_epochs * steps_per_epoch)
+        model = DINO(encoder, config, total_steps=steps)
 
         def snapshot(epoch: int) -> None:
             return None
 
         def loss_fn(m, batch):
-            return m(batch, g)
+            loss = m(batch, g)
+            entropy.append(m.entropy)
+            return loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+    done = [0]
 
     def batches(epoch: int):
         snapshot(epoch)
         order = torch.randperm(len(pool), generator=g)
-        for i in range(0, len(order), profile.ssl_batch_size):
-            batch = pool[order[i:i + profile.ssl_batch_size]]
-            yield random_view(batch, MAE_CROP_SCALE, 0.0, g) if method == "mae" else batch
+        for i in range(steps_per_epoch):
+            if done[0] >= steps:
+                return
+            batch = pool[order[i * batch_size:(i + 1) * batch_size]]
+            yield random_view(batch, MAE_CROP_SCALE, g) if method == "mae" else batch
+            scheduler.step()  # resumed after fit's optimizer step on the batch just yielded
+            done[0] += 1
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     start = time.perf_counter()
-    history = fit(model, optimizer, batches, loss_fn, FitConfig(epochs=profile.ssl_epochs),
+    history = fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs),
                   desc=f"{method} pretraining", progress=progress)
     extras: dict[str, torch.Tensor] = {}
+    info = {"loss": history.train_loss, "seconds": round(time.perf_counter() - start, 1), "n_images": len(pool),
+            "steps": steps, "batch_size": batch_size, "epochs": epochs}
     if method == "mae":
-        snapshot(profile.ssl_epochs)
-        epochs = sorted(shots)
-        extras = {"snapshot_epochs": torch.tensor(epochs), "visible": torch.stack([shots[e][0] for e in epochs]),
-                  "reconstruction": torch.stack([shots[e][1] for e in epochs])}
+        snapshot(epochs)
+        shot_epochs = sorted(shots)
+        extras = {"snapshot_epochs": torch.tensor(shot_epochs),
+                  "visible": torch.stack([shots[e][0] for e in shot_epochs]),
+                  "reconstruction": torch.stack([shots[e][1] for e in shot_epochs])}
     else:
         model.update_teacher()  # the last optimizer step's EMA update
         encoder = model.teacher_encoder  # DINO keeps (and evaluates) the teacher
-    info = {"loss": history.train_loss, "seconds": round(time.perf_counter() - start, 1), "n_images": len(pool),
-            "steps": profile.ssl_epochs * steps_per_epoch}
+        per_epoch = [entropy[i:i + steps_per_epoch] for i in range(0, len(entropy), steps_per_epoch)]
+        info |= {"teacher_entropy": [[float(np.mean([h[k] for h in chunk])) for k in (0, 1)] for chunk in per_epoch],
+                 "log_k": math.log(config.out_dim)}
     save_encoder(path, encoder, info, extras)
-    return encoder.eval(), {**info, "trained": True, "checkpoint": str(path)}, extras
+    return encoder.eval().requires_grad_(True), {**info, "trained": True, "checkpoint": str(path)}, extras
 
 
 @dataclass
@@ -152,33 +188,56 @@ class SSLBenchmark:
     """Downstream scores of each encoder.
 
     Attributes:
-        rows: one dict per (task, protocol, init, budget, test image).
-        table: one row per (protocol, budget, init): source and target scores of both tasks.
+        rows: one dict per (task, protocol, init, budget, draw, test image).
+        per_draw: one row per (protocol, budget, init, draw): the scores of one draw of labelled images.
+        table: one row per (protocol, budget, init): ``per_draw`` averaged over the draws.
         gain: pretrained minus random init, per (protocol, budget, init) (error rows: random minus pretrained,
             so that a positive number is always an improvement).
         meta: sizes and seconds.
     """
 
     rows: list[dict]
+    per_draw: pd.DataFrame
     table: pd.DataFrame
     gain: pd.DataFrame
     meta: dict
 
 
-def _summarise(rows: list[dict]) -> pd.DataFrame:
+#: Scores of each task, as named in the tables; errors are lower-is-better.
+TASK_SCORES = {"segmentation": ("source_disc_dice", "source_cup_dice", "target_disc_dice", "target_cup_dice"),
+               "vcdr": ("source_vcdr_abs_err", "target_vcdr_abs_err", "suspect_auroc")}
+_KEYS = ["protocol", "budget", "init", "draw"]
+
+
+def _per_draw(rows: list[dict]) -> pd.DataFrame:
+    """Scores of each (protocol, budget, init, draw): Dice and vCDR error macro-averaged over domains."""
     df = pd.DataFrame(rows)
     df["group"] = np.where(df["domain"] == SOURCE_DOMAIN, "source", "target")
-    keys = ["protocol", "budget", "init"]
+    parts = []
     seg = df[df["task"] == "segmentation"]
-    seg_means = seg.groupby(keys + ["group", "domain"])[["disc_dice", "cup_dice"]].mean()  # per domain first
-    seg_means = seg_means.groupby(keys + ["group"]).mean().unstack("group")  # then macro over domains
-    seg_means.columns = [f"{g}_{m}" for m, g in seg_means.columns]
+    if len(seg):
+        means = seg.groupby(_KEYS + ["group", "domain"])[["disc_dice", "cup_dice"]].mean()  # per domain first
+        means = means.groupby(_KEYS + ["group"]).mean().unstack("group")  # then macro over domains
+        means.columns = [f"{g}_{m}" for m, g in means.columns]
+        parts.append(means)
     vc = df[df["task"] == "vcdr"]
-    err = vc.groupby(keys + ["group", "domain"])["vcdr_abs_err"].mean().groupby(keys + ["group"]).mean().unstack()
-    err.columns = [f"{g}_vcdr_abs_err" for g in err.columns]
-    auc = vc.groupby(keys).apply(lambda d: auroc(d["suspect"], d["vcdr_pred"]), include_groups=False)
-    table = seg_means.join(err).join(auc.rename("suspect_auroc"))
+    if len(vc):
+        err = vc.groupby(_KEYS + ["group", "domain"])["vcdr_abs_err"].mean().groupby(_KEYS + ["group"]).mean()
+        err = err.unstack("group")
+        err.columns = [f"{g}_vcdr_abs_err" for g in err.columns]
+        auc = vc.groupby(_KEYS).apply(lambda d: auroc(d["suspect"], d["vcdr_pred"]), include_groups=False)
+        parts.append(err.join(auc.rename("suspect_auroc")))
+    table = parts[0].join(parts[1:]) if len(parts) > 1 else parts[0]
     return table[sorted(table.columns, key=lambda c: (not c.startswith("source"), c))]
+
+
+def _signed(delta: pd.Series | pd.DataFrame):
+    """Flip error columns so that a positive difference always means an improvement."""
+    delta = delta.copy()
+    for c in (delta.index if isinstance(delta, pd.Series) else delta.columns):
+        if c.endswith("err"):
+            delta[c] = -delta[c]
+    return delta
 
 
 def _gain(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
@@ -186,26 +245,25 @@ def _gain(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
     for (protocol, budget), block in table.groupby(level=["protocol", "budget"]):
         base = block.xs(baseline, level="init").iloc[0]
         for init, row in block.xs((protocol, budget), level=["protocol", "budget"]).iterrows():
-            if init == baseline:
-                continue
-            delta = row - base
-            for c in delta.index:
-                if c.endswith("err"):
-                    delta[c] = -delta[c]  # positive = better for every column
-            out.append({"protocol": protocol, "budget": budget, "init": init, **delta.to_dict()})
+            if init != baseline:
+                out.append({"protocol": protocol, "budget": budget, "init": init, **_signed(row - base).to_dict()})
     return pd.DataFrame(out).set_index(["protocol", "budget", "init"])
 
 
 def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
                       budgets: Sequence[float] = LABEL_BUDGETS, tasks: Sequence[str] = TASKS,
                       protocols: Sequence[str] = PROTOCOLS, config: DownstreamConfig | None = None,
-                      progress: bool = True) -> SSLBenchmark:
+                      draws: int | None = None, progress: bool = True) -> SSLBenchmark:
     """Train and score every (task, protocol, encoder, budget) on the profile's benchmark.
 
     Labelled training images: a ``budget`` fraction of the source hospital's ``train_per_domain``
-    images (nested subsets). Every run takes ``finetune_epochs`` epochs of as many steps as the
-    *full* labelled set would need, so budgets differ in labels, not compute. Test: the first
-    ``eval_per_domain`` test images of every hospital. ``encoders`` must include ``"random"``.
+    images (nested subsets). The smallest budget, where the few images drawn decide much, is run
+    on ``draws`` (default ``profile.ssl_label_draws``) independent draws of its images, each with
+    its own training seed and the same draw for every encoder; larger budgets on one. Every run
+    takes ``ssl_downstream_steps`` steps, so budgets differ in labels, not compute, and every
+    encoder gets the same recipe
+    (:class:`~mfmda_lib.ssl.downstream.DownstreamConfig`). Test: the first ``eval_per_domain``
+    test images of every hospital. ``encoders`` must include ``"random"``.
     """
     from tqdm.auto import tqdm
 
@@ -214,18 +272,95 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     if "random" not in encoders:
         raise ValueError("run_label_budgets: pass a randomly initialised encoder as encoders['random'] (the baseline)")
     config = config or DownstreamConfig()
+    draws = profile.ssl_label_draws if draws is None else draws
+    if draws < 1:
+        raise ValueError(f"run_label_budgets: draws must be >= 1, got {draws}")
     source = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
     test = benchmark_samples(profile, "test", profile.eval_per_domain)
-    steps_per_epoch = math.ceil(len(source) / config.batch_size)
-    runs = [(t, p, i, b) for t in tasks for p in protocols for i in encoders for b in budgets]
+    steps_per_epoch = math.ceil(len(source) / config.batch_size)  # an "epoch" of the full labelled set
+    epochs = math.ceil(profile.ssl_downstream_steps / steps_per_epoch)
+    runs = [(t, p, i, b, d) for t in tasks for p in protocols for i in encoders for b in budgets
+            for d in range(draws if b == min(budgets) else 1)]
     rows, start = [], time.perf_counter()
-    for task, protocol, init, budget in tqdm(runs, desc="downstream runs", disable=not progress):
-        train = budget_subset(source, budget, min_images=config.min_images, seed=profile.seed)
-        model = train_downstream(encoders[init], task, protocol, train, epochs=profile.finetune_epochs,
-                                 steps_per_epoch=steps_per_epoch, config=config, seed=profile.seed)
-        rows += evaluate(model, test, task=task, protocol=protocol, init=init, budget=budget, n_labels=len(train))
-    table = _summarise(rows)
+    for task, protocol, init, budget, draw in tqdm(runs, desc="downstream runs", disable=not progress):
+        seed = profile.seed + draw
+        train = budget_subset(source, budget, min_images=config.min_images, seed=seed)
+        model = train_downstream(encoders[init], task, protocol, train, epochs=epochs,
+                                 steps_per_epoch=steps_per_epoch, config=config, seed=seed)
+        rows += evaluate(model, test, task=task, protocol=protocol, init=init, budget=budget, draw=draw,
+                         n_labels=len(train))
+    per_draw = _per_draw(rows)
+    table = per_draw.groupby(level=["protocol", "budget", "init"]).mean()
     meta = {"n_source_labels": len(source), "n_test_per_domain": profile.eval_per_domain,
-            "budgets": list(budgets), "steps_per_run": profile.finetune_epochs * steps_per_epoch,
+            "budgets": list(budgets), "draws_at_smallest_budget": draws,
+            "steps_per_run": epochs * steps_per_epoch,
             "downstream_config": asdict(config), "seconds": round(time.perf_counter() - start, 1)}
-    return SSLBenchmark(rows, table, _gain(table), meta)
+    return SSLBenchmark(rows, per_draw, table, _gain(table), meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict at the smallest budget
+# ---------------------------------------------------------------------------------------------
+
+def smallest_budget_comparison(result: SSLBenchmark, baseline: str = "random") -> pd.DataFrame:
+    """Pretrained vs ``baseline`` at the smallest budget, one row per (protocol, init, score).
+
+    Columns: ``baseline`` and ``pretrained`` (means over draws), ``gain`` (positive = pretraining
+    better, errors flipped), ``wins``: in how many draws pretraining was better (paired draws: the
+    same labelled images for both), and ``draws``.
+    """
+    budget = min(result.per_draw.index.get_level_values("budget"))
+    block = result.per_draw.xs(budget, level="budget")
+    out = []
+    for protocol in block.index.get_level_values("protocol").unique():
+        base = block.xs((protocol, baseline), level=["protocol", "init"])
+        for init in block.xs(protocol, level="protocol").index.get_level_values("init").unique():
+            if init == baseline:
+                continue
+            other = block.xs((protocol, init), level=["protocol", "init"])
+            delta = _signed(other - base)  # (draws, scores)
+            for score in block.columns:
+                out.append({"protocol": protocol, "init": init, "score": score, baseline: base[score].mean(),
+                            "pretrained": other[score].mean(), "gain": delta[score].mean(),
+                            "wins": int((delta[score] > 0).sum()), "draws": int(delta[score].notna().sum())})
+    return pd.DataFrame(out).set_index(["protocol", "init", "score"])
+
+
+def verdict(result: SSLBenchmark, baseline: str = "random") -> list[str]:
+    """Sentences, computed from the numbers, on whether pretraining beat ``baseline`` at the smallest budget.
+
+    An (encoder, protocol) beats ``baseline`` on a task when, on every *target-hospital* score of
+    the task (the point of pretraining on every hospital's images), it is better on average over the
+    draws *and* in more than half of the draws (paired: the same labelled images for both). Source
+    scores are reported beside it.
+    """
+    cmp = smallest_budget_comparison(result, baseline)
+    budget = min(result.per_draw.index.get_level_values("budget"))
+    n_labels = sorted({r["n_labels"] for r in result.rows if r["budget"] == budget})
+    draws = result.meta.get("draws_at_smallest_budget", 1)
+    lines = [f"Smallest label budget: {budget:.0%} of the source labels ({'/'.join(map(str, n_labels))} images), "
+             f"{draws} draw(s) of those images; 'a vs b (k/n)': pretrained vs {baseline} init, mean over draws, "
+             "pretraining better in k of n draws."]
+    for task, scores in TASK_SCORES.items():
+        present = [s for s in scores if s in cmp.index.get_level_values("score")]
+        target = [s for s in present if not s.startswith("source")]
+        if not target:
+            continue
+        winners = []
+        for (protocol, init), block in cmp.groupby(level=["protocol", "init"], sort=False):
+            block = block.droplevel(["protocol", "init"])
+
+            def won(score: str) -> bool:
+                return bool(block.loc[score, "gain"] > 0) and block.loc[score, "wins"] > block.loc[score, "draws"] / 2
+
+            detail = "; ".join(f"{s.replace('_', ' ')} {block.loc[s, 'pretrained']:.3f} vs {block.loc[s, baseline]:.3f}"
+                               f" ({block.loc[s, 'wins']}/{block.loc[s, 'draws']})" for s in present)
+            beats = all(won(s) for s in target)
+            lines.append(f"  {task} | {protocol} | {init}: {'BEATS' if beats else 'does not beat'} {baseline} "
+                         f"init on the target hospitals. {detail}.")
+            winners += [f"{init} ({protocol})"] if beats else []
+        lines.append(f"=> {task}: " + (f"pretraining beats {baseline} initialisation at the smallest budget: "
+                                       + ", ".join(winners) + "." if winners else
+                                       f"no pretrained encoder beats {baseline} initialisation at the smallest "
+                                       "budget on the target hospitals."))
+    return lines

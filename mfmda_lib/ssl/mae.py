@@ -5,6 +5,9 @@ the ViT, and let a light decoder reconstruct the pixels of the hidden ones from 
 tokens plus a shared learnable ``mask_token``. The loss is the mean squared error on the
 *masked* patches only (Sec. 3, "Reconstruction target"), optionally against per-patch
 normalised pixels (``norm_pix_loss``), which the paper found gives better representations.
+The pixels to rebuild are the ones the encoder reads: standardised per image and channel when
+the encoder standardises its input (:attr:`ViTConfig.standardize_input`), so the target, like
+the input, carries no camera colour cast.
 
 Sections: config, helpers (masking, loss), model (:class:`MAE` wraps a :class:`ViTEncoder`),
 visualisation.
@@ -17,7 +20,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .vit import ViTEncoder, patchify, sincos_pos_embed, unpatchify
+from .vit import ViTEncoder, patchify, sincos_pos_embed, standardize_images, unpatchify
 
 __all__ = ["MAEConfig", "MAE", "random_masking", "masked_reconstruction_loss"]
 
@@ -117,9 +120,13 @@ class MAE(nn.Module):
         self.decoder_pred = nn.Linear(cfg.decoder_dim, vit.patch_size ** 2 * 3)
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The image as the encoder reads it: ``x (B, 3, S, S)``, standardised if the encoder standardises."""
+        return standardize_images(x)[0] if self.encoder.config.standardize_input else x
+
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction target ``(B, N, p*p*3)``: the patches, normalised per patch if ``norm_pix_loss``."""
-        patches = patchify(x, self.encoder.config.patch_size)  # (B, N, P)
+        patches = patchify(self.pixels(x), self.encoder.config.patch_size)  # (B, N, P)
         if self.config.norm_pix_loss:
             mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
             patches = (patches - mean) / (var + 1e-6).sqrt()
@@ -156,15 +163,20 @@ class MAE(nn.Module):
         """What the encoder saw and what came back, both as images ``(B, 3, S, S)`` in ``x``'s scale.
 
         With ``norm_pix_loss`` the predicted patches are put back on each true patch's mean and
-        variance (as in the paper's figures); visible patches are pasted from ``x``.
+        variance (as in the paper's figures), and a standardised image back on its own channel
+        statistics; visible patches are pasted from ``x``.
         """
         p = self.encoder.config.patch_size
         _, pred, mask = self(x, generator)
-        patches = patchify(x, p)  # (B, N, P)
+        if self.encoder.config.standardize_input:
+            z, mean_c, std_c = standardize_images(x)  # (B, 3, S, S), (B, 3, 1, 1) x2
+        else:
+            z, mean_c, std_c = x, torch.zeros(()), torch.ones(())
+        patches = patchify(z, p)  # (B, N, P)
         if self.config.norm_pix_loss:
             mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
             pred = pred * (var + 1e-6).sqrt() + mean
         m = mask.unsqueeze(-1)  # (B, N, 1)
-        visible = unpatchify(patches * (1 - m), p, 3)
-        pasted = unpatchify(patches * (1 - m) + pred * m, p, 3)
+        visible = unpatchify(patches * (1 - m), p, 3) * std_c + mean_c * (1 - unpatchify(m.expand_as(patches), p, 3))
+        pasted = unpatchify(patches * (1 - m) + pred * m, p, 3) * std_c + mean_c
         return visible, pasted

@@ -5,7 +5,13 @@ pretrain on two CPU cores in minutes: 64 px images, 8 px patches (an 8 x 8 grid 
 width 128, depth 4. Both self-supervised methods of the kit (:mod:`.mae`, :mod:`.dino`) and
 the downstream heads (:mod:`.downstream`) take an :class:`ViTEncoder` as a dependency.
 
-Sections: config, helpers (patchify, positional embedding), model, weights on disk.
+The encoder standardises every image per colour channel before embedding it
+(:func:`standardize_images`): each hospital's camera multiplies and shifts the channels
+differently, and an encoder pretrained on all hospitals would otherwise spend its features on
+telling the cameras apart, features that a head trained on one hospital's labels then misreads
+on the others (notebook 02 measures this).
+
+Sections: config, helpers (patchify, positional embedding, standardisation), model, weights on disk.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from torch import nn
 
 from ..io import atomic_write
 
-__all__ = ["ViTConfig", "ViTEncoder", "patchify", "unpatchify", "save_encoder", "load_encoder"]
+__all__ = ["ViTConfig", "ViTEncoder", "patchify", "unpatchify", "standardize_images", "save_encoder", "load_encoder"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +43,8 @@ class ViTConfig:
         depth: number of transformer blocks.
         heads: attention heads per block (``dim`` must be a multiple of it).
         mlp_ratio: hidden width of each block's MLP relative to ``dim``.
+        standardize_input: standardise each image per channel (zero mean, unit variance) before
+            the patch embedding; removes a camera's per-channel gain and offset.
     """
 
     image_size: int = 64
@@ -45,6 +53,7 @@ class ViTConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    standardize_input: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -89,6 +98,16 @@ def unpatchify(patches: torch.Tensor, p: int, channels: int) -> torch.Tensor:
     return x.reshape(b, channels, g * p, g * p)  # (B, C, H, W)
 
 
+def standardize_images(x: torch.Tensor, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel standardisation: ``x (B, C, H, W)`` -> ``((x - mean) / std, mean, std)``.
+
+    ``mean`` and ``std`` are ``(B, C, 1, 1)``, so ``x == out * std + mean``; ``eps`` keeps flat images finite.
+    """
+    mean = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    std = x.std(dim=(2, 3), keepdim=True) + eps  # (B, C, 1, 1)
+    return (x - mean) / std, mean, std
+
+
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine positional embedding ``(grid*grid, dim)`` (as in MAE)."""
     if dim % 4:
@@ -105,7 +124,7 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 class ViTEncoder(nn.Module):
-    """Patch embedding, a class token, fixed positional embeddings and ``depth`` timm blocks.
+    """Per-image standardisation, patch embedding, a class token, fixed positional embeddings, ``depth`` timm blocks.
 
     ``forward(x)`` returns all tokens ``(B, 1 + N, D)`` (class token first); pass ``ids_keep``
     ``(B, K)`` to encode only the kept patches, as MAE's encoder does.
@@ -138,6 +157,8 @@ class ViTEncoder(nn.Module):
         if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
             raise ValueError(f"ViTEncoder expects {self.config.image_size} px images, got {tuple(x.shape[-2:])}; "
                              "resize them (or build the encoder with a matching ViTConfig.image_size)")
+        if self.config.standardize_input:
+            x = standardize_images(x)[0]
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, K, D)
@@ -179,7 +200,7 @@ def load_encoder(path: str | Path, config: ViTConfig | None = None) -> tuple[ViT
     if not path.is_file():
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    saved = ViTConfig(**payload["config"])
+    saved = ViTConfig(**{"standardize_input": False, **payload["config"]})  # files older than the flag
     if config is not None and saved != config:
         raise ValueError(f"{path}: saved for {saved}, not {config}; delete the file or use its config")
     encoder = ViTEncoder(saved)
