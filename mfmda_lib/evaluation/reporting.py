@@ -29,8 +29,12 @@ KNOWN_RESULTS: dict[str, str] = {
     "zero_shot_litemedsam": "01_foundation_models",
     "box_prompt_sensitivity": "01_foundation_models",
     "self_supervised_pretraining": "02_self_supervised_pretraining",
+    "fine_tuning_strategies": "03_fine_tuning_strategies",
     "sam_decoder_adapter": "05_sam_decoder_adapter",
     "test_time_adaptation": "06_test_time_adaptation",
+    "sdedit_tradeoff": "07_diffusion_models",
+    "mfmda_stage1": "08_mfmda_stage1_generative_adaptation",
+    "mfmda_stage2": "09_mfmda_stage2_hierarchical_alignment",
 }
 
 #: Row keys that identify an image or describe it rather than the method setting that produced it.

@@ -29,7 +29,7 @@ PROFILE_PREFERENCE = ("gpu", "cpu", "ci")
 
 _NOTEBOOK_HINTS = {  # result-name prefix -> the notebook that produces it (for placeholder text)
     "domain": "00", "benchmark": "00", "zero_shot": "01", "self_supervised": "02", "ssl": "02", "fine": "03",
-    "peft": "04", "parameter": "04", "sam_decoder": "05", "test_time": "06", "diffusion": "07",
+    "peft": "04", "parameter": "04", "sam_decoder": "05", "test_time": "06", "diffusion": "07", "sdedit": "07",
     "mfmda_stage1": "08", "mfmda_stage2": "09", "clinical": "10",
 }
 
