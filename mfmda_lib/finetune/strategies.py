@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .heads import TaskModel, unit_groups
+from .heads import HEAD_LR, TaskModel, unit_groups
 
 __all__ = ["StrategyConfig", "STRATEGIES", "configure", "first_trained_unit", "group_learning_rates",
            "unit_table", "schedule_table"]
@@ -41,8 +41,7 @@ class StrategyConfig:
     Attributes:
         name: label in tables and checkpoint names.
         train_encoder: ``False`` for a linear probe.
-        lr_head: AdamW learning rate of the head (a linear head on normalised features: 3e-2 lets
-            a probe converge in the few dozen steps of the cpu profile).
+        lr_head: AdamW learning rate of the head (``None``: the task's :data:`~.heads.HEAD_LR`).
         lr_encoder: AdamW learning rate of the encoder (of its top group with ``layer_decay``).
         layer_decay: learning-rate factor per group below the top (1: one rate for all).
         unfreeze_every: epochs between unfreezing two groups (None: all trainable from epoch 0).
@@ -51,14 +50,14 @@ class StrategyConfig:
 
     name: str
     train_encoder: bool = True
-    lr_head: float = 3e-2
+    lr_head: float | None = None
     lr_encoder: float = 1e-4
     layer_decay: float = 1.0
     unfreeze_every: int | None = None
     weight_decay: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.lr_head <= 0 or self.lr_encoder <= 0 or self.weight_decay < 0:
+        if (self.lr_head is not None and self.lr_head <= 0) or self.lr_encoder <= 0 or self.weight_decay < 0:
             raise ValueError(f"{self.name}: learning rates must be > 0 and weight_decay >= 0")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"{self.name}: layer_decay must be in (0, 1], got {self.layer_decay}")
@@ -94,7 +93,8 @@ def configure(model: TaskModel, strategy: StrategyConfig) -> list[dict]:
     """
     model.requires_grad_(False)
     model.head.requires_grad_(True)
-    groups = [{"name": "head", "params": list(model.head.parameters()), "lr": strategy.lr_head}]
+    head_lr = strategy.lr_head or HEAD_LR[model.task]
+    groups = [{"name": "head", "params": list(model.head.parameters()), "lr": head_lr}]
     if strategy.train_encoder:
         for key, names, lr in group_learning_rates(model, strategy):
             params = [p for m in model.unit_modules(names) for p in m.parameters()]
@@ -133,7 +133,8 @@ def schedule_table(model: TaskModel, strategies: list[StrategyConfig], epochs: i
     rows = []
     for strategy in strategies:
         starts = [first_trained_unit(model, strategy, e) for e in range(epochs)]
-        rows.append({"strategy": strategy.name, "group": "head", "lr": strategy.lr_head, "trains_from_epoch": 0})
+        rows.append({"strategy": strategy.name, "group": "head", "lr": strategy.lr_head or HEAD_LR[model.task],
+                     "trains_from_epoch": 0})
         if not strategy.train_encoder:
             continue
         for key, names, lr in group_learning_rates(model, strategy):
