@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 __all__ = ["DDPMConfig", "build_unet", "build_scheduler", "alphas_cumprod", "q_sample", "predict_x0",
-           "to_tensor", "to_uint8", "resize"]
+           "to_tensor", "to_uint8", "resize", "low_pass"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +176,14 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] > size:
         return F.interpolate(x, size=(size, size), mode="area")
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``up(down(x))``: ``(B, C, S, S)`` blurred by area down-sampling ``factor`` times and bilinear up-sampling."""
+    if factor <= 1:
+        return x
+    side = x.shape[-1]
+    return resize(resize(x, max(1, side // factor)), side)
 
 
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray, size: int | None = None) -> torch.Tensor:

@@ -35,6 +35,7 @@ from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
 from ..io import atomic_write, atomic_write_json, sha256_file
 from ..profiles import Profile, paths
 from .adaptation import VARIANTS, Stage1Config, Stage1State, adapt
+from .checkpoint import load_ddpm
 from .conditioned import ContentConditionedUNet
 from .ddpm import DDPMConfig, alphas_cumprod, build_scheduler, to_tensor
 from .features import FrozenFeatureEncoder
@@ -107,7 +108,8 @@ class Stage1Output:
 
 
 def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.ndarray], *,
-               source_model: ContentConditionedUNet, ddpm: DDPMConfig, encoder: FrozenFeatureEncoder,
+               source_model: ContentConditionedUNet | str | Path, ddpm: DDPMConfig | None = None,
+               encoder: FrozenFeatureEncoder | None = None,
                variant: str = "mfmda", adapt_config: Stage1Config | None = None,
                translate_cfg: TranslateConfig | None = None, accelerator: Accelerator | None = None,
                checkpoint: str | Path | None = None, callback: Callable[[int, dict], None] | None = None,
@@ -117,9 +119,11 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
     Args:
         source_images: ``N`` uint8 ``(H, W, 3)`` square source images (any one size).
         target_images: ``K`` uint8 ``(H', W', 3)`` unlabelled target images.
-        source_model: the conditioned source DDPM (not modified: a copy is adapted).
-        ddpm: its :class:`DDPMConfig`.
-        encoder: the frozen ``f`` (calibrated; :func:`feature_encoder`).
+        source_model: the conditioned source DDPM (not modified: a copy is adapted), or the path of a
+            checkpoint written by :func:`~.checkpoint.save_ddpm` (checksum verified on load).
+        ddpm: its :class:`DDPMConfig` (read from the checkpoint when ``source_model`` is a path).
+        encoder: the frozen ``f`` (calibrated); default: LiteMedSAM's patch embedding
+            (:class:`FrozenFeatureEncoder` defaults) calibrated on ``source_images``.
         variant: one of ``"none"``, ``"naive"``, ``"static"``, ``"mfmda"``.
         adapt_config: :class:`Stage1Config` (its ``variant`` is replaced by ``variant``).
         translate_cfg: :class:`TranslateConfig`.
@@ -133,9 +137,18 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     accelerator = accelerator or make_accelerator()
+    if not isinstance(source_model, ContentConditionedUNet):
+        source_model, ddpm = load_ddpm(source_model)
+    if ddpm is None:
+        raise ValueError("run_stage1: pass ddpm=<DDPMConfig> with a model object (or a checkpoint path)")
     translate_cfg = translate_cfg or TranslateConfig()
     alpha_bar = alphas_cumprod(ddpm)
     x_source = to_tensor(source_images, ddpm.image_size)  # (N, 3, S, S)
+    if encoder is None:
+        from ..models import load_model
+
+        encoder = FrozenFeatureEncoder(load_model("litemedsam", device=torch.device("cpu")).image_encoder,
+                                       input_size=ddpm.image_size).calibrate(x_source)
     state = None
     model = copy.deepcopy(source_model)
     if variant != "none":
@@ -148,7 +161,7 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
     model = model.to(accelerator.device).eval()
     lo = translate(model, build_scheduler(ddpm, "ddim"), x_source, alpha_bar, translate_cfg,
                    device=accelerator.device, progress=progress)
-    return Stage1Output(to_full_resolution(list(source_images), lo), lo, state)
+    return Stage1Output(to_full_resolution(list(source_images), lo, translate_cfg.change_low_pass), lo, state)
 
 
 # ---------------------------------------------------------------------------------------------

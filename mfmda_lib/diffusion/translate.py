@@ -15,14 +15,16 @@ MFM-DA's translation is SDEdit with two safeguards for the anatomy:
 
 **The kit's CPU choice: translate small, apply the change at full size.** The DDPM works at
 ``S`` = 64 px on a CPU, but the benchmark's images are 256 px. We translate at ``S`` and bring
-the *change* back to full size::
+the *change* back to full size, low-pass filtered::
 
-    x_256' = x_256 + up( translated_S - down(x_256) )
+    x_256' = x_256 + up( low_pass( translated_S - down(x_256), k ) )        (k = change_low_pass, 4)
 
 A camera's style (colour balance, illumination, contrast, vignetting) is low-frequency, so the
 upsampled change carries it, while the full-resolution anatomy (vessels, disc and cup edges) of
-the source, and so its labels, stays sharp. Fine-grained style (noise, blur, JPEG artefacts) is
-lost at 64 px: on a GPU, set a larger ``ddpm_image_size``.
+the source, and so its labels, stays sharp. The low-pass matters: the DDPM redraws fine
+structures (a vessel here and there) in its own way, and without it those redraws would appear
+as blurred "ghost" vessels on the full-resolution image. Fine-grained style (noise, blur, JPEG
+artefacts) is lost at 64 px: on a GPU, set a larger ``ddpm_image_size``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from .conditioned import ContentConditionedUNet
-from .ddpm import q_sample, resize, to_tensor, to_uint8
+from .ddpm import low_pass, q_sample, resize, to_tensor, to_uint8
 from .sampling import denoise, timesteps_from
 
 __all__ = ["TranslateConfig", "low_pass", "translate", "to_full_resolution"]
@@ -53,6 +55,8 @@ class TranslateConfig:
         conditioned: feed the content condition (False: plain SDEdit with guidance).
         seed: image ``i``'s noises come from a generator seeded by ``(seed, i)``.
         batch_size: images per denoiser call.
+        change_low_pass: low-pass factor of the change applied at full resolution
+            (:func:`to_full_resolution`; 1 = the whole change).
     """
 
     t_start: int = 600
@@ -62,18 +66,13 @@ class TranslateConfig:
     conditioned: bool = True
     seed: int = 0
     batch_size: int = 16
+    change_low_pass: int = 4
 
     def __post_init__(self) -> None:
         if not 0 <= self.guide_stop <= self.t_start:
             raise ValueError(f"need 0 <= guide_stop <= t_start, got {self.guide_stop} and {self.t_start}")
-        if self.steps < 1 or self.guide_factor < 1 or self.batch_size < 1:
-            raise ValueError("steps, guide_factor and batch_size must be >= 1")
-
-
-def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``up(down(x))``: ``(B, C, S, S)`` blurred by area down-sampling ``factor`` times and bilinear up-sampling."""
-    side = x.shape[-1]
-    return resize(resize(x, max(1, side // factor)), side)
+        if min(self.steps, self.guide_factor, self.batch_size, self.change_low_pass) < 1:
+            raise ValueError("steps, guide_factor, batch_size and change_low_pass must be >= 1")
 
 
 def _noises(index: int, seed: int, n_steps: int, image_shape: tuple, gate_shape: tuple) -> dict[str, torch.Tensor]:
@@ -135,12 +134,14 @@ def translate(model: ContentConditionedUNet, scheduler: DDIMScheduler, x_source:
     return torch.cat(out)
 
 
-def to_full_resolution(images: Sequence[np.ndarray], translated: torch.Tensor) -> list[np.ndarray]:
-    """Apply the low-resolution change to full-resolution images: ``x + up(translated - down(x))``.
+def to_full_resolution(images: Sequence[np.ndarray], translated: torch.Tensor, low_pass_factor: int = 1
+                       ) -> list[np.ndarray]:
+    """Apply the low-resolution change to full-resolution images: ``x + up(low_pass(translated - down(x)))``.
 
     Args:
         images: ``N`` uint8 ``(H_i, W_i, 3)`` source images (any sizes).
         translated: ``(N, 3, S, S)`` their translations at the DDPM's size, in ``[-1, 1]``.
+        low_pass_factor: blur the change by this factor at the DDPM's size first (1 = no blur).
 
     Returns:
         ``N`` uint8 ``(H_i, W_i, 3)`` translated images at full resolution.
@@ -153,6 +154,6 @@ def to_full_resolution(images: Sequence[np.ndarray], translated: torch.Tensor) -
         h, w = x.shape[-2:]
         if h != w:
             raise ValueError(f"to_full_resolution expects square images, got {image.shape}")
-        change = lo[None] - resize(x, lo.shape[-1])  # (1, 3, S, S)
+        change = low_pass(lo[None] - resize(x, lo.shape[-1]), low_pass_factor)  # (1, 3, S, S)
         out.append(to_uint8(x + resize(change, h))[0])
     return out
