@@ -245,7 +245,7 @@ SIZES: dict[str, tuple] = {
     "stage1_steps":           (4, 60, 1000),
     "stage1_batch_size":      (2, 4, 8),
     "stage1_t_translate":     (600, 600, 600),
-    "stage1_translate_steps": (5, 25, 25),
+    "stage1_translate_steps": (3, 25, 25),
     "stage1_encoder_units":   (1, 1, 15),
     "stage1_feature_size":    (64, 64, 256),
     "stage1_eval_images":     (2, 12, 100),
