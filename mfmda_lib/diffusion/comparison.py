@@ -20,7 +20,6 @@ untranslated source images, and these columns:
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -35,7 +34,8 @@ from .adaptation import VARIANTS
 from .ddpm import to_tensor
 from .diaa import DIAA
 from .metrics import frechet_distance, intra_cluster_diversity, structure_preservation
-from .source import load_source_ddpm
+from .checkpoint import read_sidecar
+from .source import load_source_ddpm, source_ddpm_path
 from .stage1 import feature_encoder, source_samples, stage1_dir, target_samples, translated_source
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa"]
@@ -66,11 +66,10 @@ class Stage1Comparison:
 
 
 def _adapt_checkpoint(profile: Profile, target_domain: str, variant: str) -> dict | None:
-    if variant == "none":
+    side = read_sidecar(source_ddpm_path(profile))
+    if variant == "none" or side is None:
         return None
-    _, _, path = load_source_ddpm(profile, progress=False)
-    sha = json.loads(path.with_suffix(".json").read_text())["sha256"]
-    ckpt = stage1_dir(profile, target_domain, variant, sha) / "adapt.pt"
+    ckpt = stage1_dir(profile, target_domain, variant, side["sha256"]) / "adapt.pt"
     return torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
 
 
@@ -113,7 +112,9 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
     reference = benchmark_samples(profile, "train", profile.train_per_domain, domains=[target_domain])
     _, ddpm, _ = load_source_ddpm(profile, progress=progress)
     size = ddpm.image_size
-    encoder = feature_encoder(profile, to_tensor([s.image for s in sources], size))
+    reuse = segmenter.name == "litemedsam"  # f shares the segmenter's (frozen) image encoder
+    encoder = feature_encoder(profile, to_tensor([s.image for s in sources], size),
+                              segmenter.device if reuse else None, segmenter.image_encoder if reuse else None)
     f_reference = encoder.encode([s.image for s in reference], size)  # (M, D)
     f_k = encoder.encode([s.image for s in targets], size)  # (K, D)
     from ..models import pooled_embeddings
@@ -128,7 +129,8 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
     candidates = [(SOURCE_ROW, sources)]
     for variant in variants:
         start = time.perf_counter()
-        translations[variant] = translated_source(profile, target_domain, variant=variant, progress=progress)
+        translations[variant] = translated_source(profile, target_domain, variant=variant, progress=progress,
+                                                  encoder=encoder)
         seconds[variant] = round(time.perf_counter() - start, 1)
         candidates.append((variant, translations[variant]))
     for name, samples in candidates:

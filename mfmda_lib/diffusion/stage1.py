@@ -63,16 +63,22 @@ def translate_config(profile: Profile) -> TranslateConfig:
                            guide_stop=min(400, profile.stage1_t_translate), seed=profile.seed)
 
 
-def feature_encoder(profile: Profile, x_source: torch.Tensor, device: torch.device | None = None
-                    ) -> FrozenFeatureEncoder:
+def feature_encoder(profile: Profile, x_source: torch.Tensor, device: torch.device | None = None,
+                    image_encoder: torch.nn.Module | None = None) -> FrozenFeatureEncoder:
     """``f``: LiteMedSAM's frozen encoder (``stage1_encoder_units`` units at ``stage1_feature_size`` px),
-    calibrated on ``(N, 3, S, S)`` source images."""
-    from ..models import load_model
+    calibrated on ``(N, 3, S, S)`` source images.
 
-    model = load_model("litemedsam", device=device or torch.device("cpu"))
-    encoder = FrozenFeatureEncoder(model.image_encoder, units=profile.stage1_encoder_units,
-                                   input_size=profile.stage1_feature_size)
-    return encoder.calibrate(x_source.to(device or torch.device("cpu")))
+    Args:
+        image_encoder: an already loaded LiteMedSAM image encoder to reuse (default: load it).
+    """
+    device = device or torch.device("cpu")
+    if image_encoder is None:
+        from ..models import load_model
+
+        image_encoder = load_model("litemedsam", device=device).image_encoder
+    encoder = FrozenFeatureEncoder(image_encoder, units=profile.stage1_encoder_units,
+                                   input_size=profile.stage1_feature_size).to(device)
+    return encoder.calibrate(x_source.to(device))
 
 
 def source_samples(profile: Profile) -> list[FundusSample]:
@@ -205,7 +211,8 @@ def _save_translations(folder: Path, ids: list[str], images: list[np.ndarray], m
 
 def translated_source(profile: Profile, target_domain: str, *, variant: str = "mfmda",
                       progress: bool = True, accelerator: Accelerator | None = None,
-                      callback: Callable[[int, dict], None] | None = None) -> list[FundusSample]:
+                      callback: Callable[[int, dict], None] | None = None,
+                      encoder: FrozenFeatureEncoder | None = None) -> list[FundusSample]:
     """The source training samples translated to ``target_domain`` (load if cached, else compute).
 
     Args:
@@ -216,6 +223,7 @@ def translated_source(profile: Profile, target_domain: str, *, variant: str = "m
         progress: tqdm bars.
         accelerator: default :func:`~.training.make_accelerator` on the kit's device.
         callback: ``(step, logs)`` after each adaptation step (only when it runs).
+        encoder: ``f`` from :func:`feature_encoder` for this profile, to reuse (default: built when needed).
 
     Returns:
         ``train_per_domain`` :class:`FundusSample` s in the source order, with the source masks.
@@ -234,7 +242,7 @@ def translated_source(profile: Profile, target_domain: str, *, variant: str = "m
 
         accelerator = accelerator or make_accelerator(get_device())
         x_source = to_tensor([s.image for s in sources], ddpm.image_size)
-        encoder = feature_encoder(profile, x_source, accelerator.device)
+        encoder = encoder if encoder is not None else feature_encoder(profile, x_source, accelerator.device)
         out = run_stage1([s.image for s in sources], [t.image for t in targets], source_model=model, ddpm=ddpm,
                          encoder=encoder, variant=variant,
                          adapt_config=stage1_config(profile, "mfmda" if variant == "none" else variant),
