@@ -125,8 +125,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
         _run_user_folder(profile, config, user_images, state, result, accelerator, progress, log)
         return result
 
-    from .align.experiment import run_stage2
-    from .diffusion.stage1 import source_samples, translated_source
+    from .align.experiment import run_stage2, source_samples
+    from .diffusion.stage1 import translated_source
 
     translated: dict[str, list] = {}
     for target in config.targets:
@@ -137,7 +137,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
         if target not in translated:  # finished earlier: the translations are cached on disk
             translated[target] = translated_source(profile, target, progress=progress, accelerator=accelerator)
 
-    source = source_samples(profile)
+    source = source_samples(profile)  # the first stage2_pairs labelled source images, paired by position
+    translated = {t: v[:len(source)] for t, v in translated.items()}
     stage2_out: dict = {}
 
     def stage2() -> dict:

@@ -53,7 +53,7 @@ def fakes(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ddpm_source, "load_source_ddpm", load_source_ddpm)
     monkeypatch.setattr(stage1, "translated_source", translated_source)
-    monkeypatch.setattr(stage1, "source_samples", lambda profile: ["s1", "s2"])
+    monkeypatch.setattr(align_experiment, "source_samples", lambda profile: ["s1", "s2"])
     monkeypatch.setattr(align_experiment, "run_stage2", run_stage2)
     monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path / "results"))
     return calls

@@ -1,0 +1,455 @@
+"""MFM-DA stage 2 as one call: every method, baseline and ablation of notebook 09, trained and scored.
+
+:func:`run_stage2` is what notebook 09 and the ``mfmda`` pipeline call. It takes the labelled
+source samples and, per target domain, their translations (stage 1's output, passed in), trains
+each requested method on cached frozen features, and scores Dice, IoU and HD95 of disc and cup on
+every target's test images.
+
+Methods (:data:`METHODS`; all share the frozen LiteMedSAM encoder, the pyramid head, the profile's
+epochs and batch size, and the seed):
+
+=======================  ==============================================================================
+``source_only``          head (+ Rein tokens) trained on the source images only
+``fda``                  source + Fourier-domain-adapted copies (L = 0.01) to the K target images
+``histogram_matching``   source + copies histogram-matched to the K target images
+``tent``                 ``source_only`` + Tent at test time (entropy, the head's BatchNorm affine params)
+``sam_decoder_adapter``  reference row read from notebook 05's results (box-prompted: another protocol)
+``translation_only``     source + stage-1 translations, steps 2 and 3 (no alignment)
+``alignment_only``       the three steps with a photometric jitter of the source instead of a translation
+``mfmda``                the method: source + translations, the three steps
+``mfmda_no_rein``        ablation: no Rein tokens (only the head trains; nothing to align)
+``mfmda_last_level``     ablation: head and alignment on the deepest level only (no pyramid)
+``mfmda_align_last``     ablation: pyramid head, alignment on the deepest level only
+=======================  ==============================================================================
+
+Methods that do not depend on the target (``source_only``, ``tent``, ``alignment_only``) train once
+and are scored on every target. Trained weights are checkpointed (named by config and data
+hashes) and reused; a killed run resumes from its last epoch.
+
+Warm start (the kit's choice for a CPU budget; MFM-DA trains each model from scratch for 100
+epochs): every model first trains ``profile.stage2_warmup_epochs`` epochs on the source only
+(shared by all methods with the same head and tokens, trained once), then
+``profile.stage2_epochs`` epochs of its own objective. ``source_only`` continues on the source, so
+every method gets the same number of epochs.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..adapt.tta import Tent, TTAConfig
+from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..evaluation.metrics import per_domain_table, segmentation_scores
+from ..models import EmbeddingCache, PromptableSegmenter, load_model
+from ..profiles import Profile, get_device, paths
+from .baselines import fda_samples, histogram_matched_samples, jittered_samples
+from .pyramid import PyramidEncoder
+from .rein import ReinConfig
+from .stage2 import (FeatureBank, Stage2Config, Stage2History, Stage2Model, build_model, encode_prefix, level_shapes,
+                     logits_to_masks, mask_targets, predict_logits, train_stage2)
+
+__all__ = ["Method", "METHODS", "BASELINES", "ABLATIONS", "DEFAULT_METHODS", "METRICS", "stage2_config",
+           "source_samples", "target_images", "test_samples", "translations", "Stage2Result", "run_stage2",
+           "sam_reference_rows"]
+
+METRICS = ("disc_dice", "disc_iou", "disc_hd95", "cup_dice", "cup_iou", "cup_hd95")
+
+
+# ---------------------------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison.
+
+    Attributes:
+        name: key in :data:`METHODS`.
+        label: what it is, in a few words.
+        images: what is paired with each source image: ``"none"``, ``"stage1"`` (the translations
+            passed to :func:`run_stage2`), ``"fda"``, ``"histogram"`` or ``"jitter"``.
+        steps: which of the three steps run.
+        changes: :class:`Stage2Config` fields changed from the profile's base config
+            (``align_taps="last"`` means the deepest tap).
+        kind: ``"train"``, ``"tent"`` (test-time adaptation of ``source_only``) or ``"reference"``.
+    """
+
+    name: str
+    label: str
+    images: str = "none"
+    steps: tuple[str, ...] = ("source",)
+    changes: tuple[tuple[str, object], ...] = ()
+    kind: str = "train"
+
+    @property
+    def per_target(self) -> bool:
+        """Whether a model is trained for each target (it sees target-derived images)."""
+        return self.images in ("stage1", "fda", "histogram")
+
+    def config(self, base: Stage2Config) -> Stage2Config:
+        """The method's :class:`Stage2Config`."""
+        changes = dict(self.changes)
+        if changes.get("align_taps") == "last":
+            changes["align_taps"] = (base.taps[-1],)
+        return base.replace(steps=self.steps, **changes)
+
+
+_ALL = ("align", "source", "translated")
+_PAIR = ("source", "translated")
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("source_only", "trained on the source only"),
+    Method("fda", "source + FDA to the K targets (L = 0.01)", "fda", _PAIR),
+    Method("histogram_matching", "source + histogram matching to the K targets", "histogram", _PAIR),
+    Method("tent", "source_only + Tent at test time", kind="tent"),
+    Method("sam_decoder_adapter", "notebook 05's decoder adapter, box-prompted (reference)", kind="reference"),
+    Method("translation_only", "source + translations, no alignment", "stage1", _PAIR),
+    Method("alignment_only", "alignment to a photometric jitter, no translation", "jitter", _ALL),
+    Method("mfmda", "MFM-DA: translations + hierarchical alignment", "stage1", _ALL),
+    Method("mfmda_no_rein", "ablation: no Rein tokens (head only)", "stage1", _PAIR, (("use_rein", False),)),
+    Method("mfmda_last_level", "ablation: deepest level only (no pyramid)", "stage1", _ALL,
+           (("head_levels", "last"), ("align_taps", "last"))),
+    Method("mfmda_align_last", "ablation: align the deepest level only", "stage1", _ALL, (("align_taps", "last"),)),
+)}
+BASELINES = ("source_only", "fda", "histogram_matching", "tent", "sam_decoder_adapter", "translation_only",
+             "alignment_only")
+ABLATIONS = ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last")
+DEFAULT_METHODS = (*BASELINES, "mfmda", *ABLATIONS)
+
+
+def stage2_config(profile: Profile) -> Stage2Config:
+    """The base :class:`Stage2Config` of a profile (every method changes only what it names)."""
+    return Stage2Config(rein_from=profile.stage2_rein_from, rein=ReinConfig(seed=profile.seed),
+                        epochs=profile.stage2_epochs, batch_size=profile.stage2_batch_size, seed=profile.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+def source_samples(profile: Profile) -> list[FundusSample]:
+    """The labelled source images of stage 2: the first ``stage2_pairs`` of stage 1's list (source train split)."""
+    from ..experiments import benchmark_samples
+
+    return benchmark_samples(profile, "train", profile.stage2_pairs, domains=[SOURCE_DOMAIN])
+
+
+def target_images(profile: Profile, target: str) -> list[np.ndarray]:
+    """The K = ``profile.stage1_k_target`` unlabelled images of a target: the first of its train split."""
+    from ..experiments import benchmark_samples
+
+    return [s.image for s in benchmark_samples(profile, "train", profile.stage1_k_target, domains=[target])]
+
+
+def test_samples(profile: Profile, domains: Sequence[str]) -> dict[str, list[FundusSample]]:
+    """The scored test images of each domain (``eval_per_domain`` of the test split)."""
+    from ..experiments import benchmark_samples
+
+    return {d: benchmark_samples(profile, "test", profile.stage2_test_per_domain, domains=[d]) for d in domains}
+
+
+def translations(profile: Profile, targets: Sequence[str] = TARGET_DOMAINS, *, source: Sequence[FundusSample] | None = None,
+                 progress: bool = True) -> tuple[dict[str, list[FundusSample]], str]:
+    """Stage 1's translations of the source to each target, or an FDA stand-in when stage 1 is absent.
+
+    Stage 1 translates every source training image; the first ``len(source)`` translations are
+    kept (same order), so they pair with ``source`` (default :func:`source_samples`) by position.
+
+    Returns:
+        ``({target: translated samples}, origin)`` with ``origin`` ``"stage1"`` or
+        ``"fda_stand_in"`` (then a warning says so: every "stage1" method sees FDA images).
+    """
+    source = list(source) if source is not None else source_samples(profile)
+    try:
+        stage1 = importlib.import_module("mfmda_lib.diffusion.stage1")
+        translate = stage1.translated_source
+    except (ImportError, AttributeError) as exc:
+        warnings.warn(f"MFM-DA stage 1 is not available ({exc}); using FDA translations as a stand-in",
+                      stacklevel=2)
+        return {t: fda_samples(source, target_images(profile, t)) for t in targets}, "fda_stand_in"
+    out = {}
+    for t in targets:
+        translated = translate(profile, t, variant="mfmda", progress=progress)[:len(source)]
+        mismatch = [s.sample_id for s, x in zip(source, translated) if s.sample_id != x.sample_id]
+        if len(translated) != len(source) or mismatch:
+            raise ValueError(f"stage 1's translations to {t} do not pair with the source samples "
+                             f"({len(translated)} for {len(source)}; mismatched ids {mismatch[:3]})")
+        out[t] = translated
+    return out, "stage1"
+
+
+def sam_reference_rows(profile: Profile, domains: Sequence[str]) -> list[dict]:
+    """Per-image rows of notebook 05's supervised decoder adapter (``results/sam_decoder_adapter_<profile>.json``).
+
+    Box-prompted with the ground-truth box, so not comparable as a UDA method: a reference of
+    what a prompted foundation model reaches. Empty when the file is absent.
+    """
+    path = paths().results / f"sam_decoder_adapter_{profile.name}.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text()).get("rows", [])
+    return [{**r, "method": "sam_decoder_adapter"} for r in rows
+            if r.get("method") == "decoder_adapter" and r.get("domain") in domains]
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else repr(p).encode())
+    return h.hexdigest()[:10]
+
+
+def _images_digest(samples: Sequence[FundusSample] | None) -> str:
+    if samples is None:
+        return "none"
+    return _digest(*[EmbeddingCache.key(np.ascontiguousarray(s.image)) for s in samples],
+                   *[s.sample_id for s in samples])
+
+
+# ---------------------------------------------------------------------------------------------
+# result
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage2Result:
+    """Per-image scores of every method, the training costs and histories.
+
+    Attributes:
+        rows: one dict per (method, test image): ``method``, ``domain``, ``sample_id`` and the
+            :func:`~mfmda_lib.evaluation.metrics.segmentation_scores` keys.
+        costs: one dict per trained model: method, target, trainable parameters, seconds.
+        histories: ``(method, target) -> Stage2History``.
+        targets: the target domains, in order.
+        translation_origin: where the "stage1" images came from (``stage1`` / ``fda_stand_in``).
+        seconds: wall time of the call (``total``) and of the frozen-prefix features (``prefix``).
+        masks: ``(method, domain) -> [(disc, cup)]`` predicted masks, in the order of ``test[domain]``.
+        test: the scored samples of each domain.
+    """
+
+    rows: list[dict]
+    costs: list[dict]
+    histories: dict[tuple[str, str], Stage2History]
+    targets: list[str]
+    translation_origin: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    masks: dict[tuple[str, str], list] = field(default_factory=dict)
+    test: dict[str, list[FundusSample]] = field(default_factory=dict)
+
+    def table(self, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+        """Mean ± std per (method, target domain) and the mean over targets."""
+        rows = [r for r in self.rows if r["domain"] in self.targets]
+        return per_domain_table(rows, metrics, domain_order=self.targets)
+
+    def source_table(self, metrics: Sequence[str] = ("disc_dice", "cup_dice")) -> pd.DataFrame:
+        """Scores on the source domain's test images (models scored there)."""
+        rows = [r for r in self.rows if r["domain"] == SOURCE_DOMAIN]
+        return per_domain_table(rows, metrics) if rows else pd.DataFrame()
+
+    def summary(self) -> pd.DataFrame:
+        """One row per method: mean target disc and cup Dice and their average (``dice``)."""
+        means = self.table(("disc_dice", "cup_dice")).xs("mean", level="domain")[["disc_dice", "cup_dice"]]
+        return means.assign(dice=means.mean(axis=1))
+
+    def cost_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.costs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+
+class _HeadOnLevels(nn.Module):
+    """The head as a model of fixed pyramid levels (so Tent adapts only the head)."""
+
+    def __init__(self, model: Stage2Model) -> None:
+        super().__init__()
+        self.head, self.size = model.head, model.out_size
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(levels, self.size)
+
+
+class _Banks:
+    """Cached prefix features of every image set, per encoder signature (computed on first use)."""
+
+    def __init__(self, segmenter: PromptableSegmenter, cache_root: Path | None, batch_size: int, progress: bool):
+        self.segmenter, self.cache_root, self.batch_size, self.progress = segmenter, cache_root, batch_size, progress
+        self.banks: dict[tuple[str, str], FeatureBank] = {}
+        self.seconds = 0.0
+
+    def get(self, encoder: PyramidEncoder, name: str, samples: Sequence[FundusSample]) -> FeatureBank:
+        key = (encoder.cache_signature(), name)
+        if key not in self.banks:
+            start = time.perf_counter()
+            self.banks[key] = encode_prefix(self.segmenter, encoder, [s.image for s in samples],
+                                            cache_root=self.cache_root, batch_size=self.batch_size,
+                                            progress=self.progress, desc=f"frozen prefix: {name}")
+            self.seconds += time.perf_counter() - start
+        return self.banks[key]
+
+
+def _score(method: str, model: Stage2Model, segmenter: PromptableSegmenter, bank: FeatureBank,
+           samples: Sequence[FundusSample], logits: torch.Tensor | None = None) -> tuple[list[dict], list]:
+    """Per-image score rows and the predicted ``(disc, cup)`` masks."""
+    logits = predict_logits(model, bank) if logits is None else logits
+    masks = logits_to_masks(segmenter, logits, [s.image.shape[:2] for s in samples])
+    rows = [{"method": method, "domain": s.domain, "sample_id": s.sample_id, **segmentation_scores(d, c, s)}
+            for (d, c), s in zip(masks, samples)]
+    return rows, masks
+
+
+def _tent_rows(profile: Profile, model: Stage2Model, segmenter: PromptableSegmenter, bank: FeatureBank,
+               samples: Sequence[FundusSample]) -> tuple[list[dict], list]:
+    """Tent, online within one domain: batches of ``tta_batch_size`` test images, ``tta_steps`` steps each."""
+    device = next(model.head.parameters()).device
+    with torch.no_grad():
+        model.eval()
+        levels = model.head_input(model.encoder({k: v.to(device) for k, v in bank.items()}))  # fixed features
+    tent = Tent(_HeadOnLevels(model), TTAConfig(steps=profile.tta_steps, seed=profile.seed))
+    out, b = [], profile.tta_batch_size
+    for i in range(0, len(samples), b):
+        out.append(tent.adapt([f[i:i + b] for f in levels]).detach())
+    return _score("tent", model, segmenter, bank, samples, torch.cat(out))
+
+
+def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_target: dict[str, list[FundusSample]],
+               *, methods: Sequence[str] = DEFAULT_METHODS, segmenter: PromptableSegmenter | None = None,
+               target_images_by_target: dict[str, list[np.ndarray]] | None = None,
+               test: dict[str, list[FundusSample]] | None = None, checkpoint_dir: str | Path | None = None,
+               cache_root: str | Path | bool | None = None, accelerator=None, translation_origin: str = "stage1",
+               progress: bool = True) -> Stage2Result:
+    """Train and score MFM-DA stage 2 and its baselines and ablations on every target.
+
+    Args:
+        profile: sizes (epochs, batch size, Rein placement, K, TTA steps).
+        source: the ``N`` labelled source samples.
+        translated_by_target: ``{target: N translated samples}``, paired with ``source`` by position
+            (stage 1's :func:`~mfmda_lib.diffusion.stage1.translated_source`, or a stand-in).
+        methods: names from :data:`METHODS`, in the order of the table.
+        segmenter: the foundation model (default: LiteMedSAM on the accelerator's device).
+        target_images_by_target: the K unlabelled images of each target, for FDA and histogram
+            matching (default: :func:`target_images`).
+        test: ``{domain: samples}`` to score (default: :func:`test_samples` of the targets and the source).
+        checkpoint_dir: trained weights (default ``<cache>/mfmda/<profile>/stage2``).
+        cache_root: folder of the frozen-feature cache (default ``<cache>/embeddings``); ``False``:
+            keep the features in memory only.
+        accelerator: an ``accelerate.Accelerator`` (default: one process on the kit's device).
+        translation_origin: recorded in the result (``"stage1"`` or ``"fda_stand_in"``).
+
+    Returns:
+        A :class:`Stage2Result`.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"run_stage2: unknown method(s) {unknown}; choose from {list(METHODS)}")
+    targets = list(translated_by_target)
+    bad = [t for t, v in translated_by_target.items() if len(v) != len(source)]
+    if not targets or bad:
+        raise ValueError(f"run_stage2: give one translated sample per source sample for each target (bad: {bad})")
+    start_all = time.perf_counter()
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=get_device().type == "cpu")
+    segmenter = segmenter or load_model("litemedsam", device=accelerator.device)
+    base = stage2_config(profile)
+    test = test if test is not None else test_samples(profile, [*targets, SOURCE_DOMAIN])
+    checkpoint_dir = Path(checkpoint_dir or paths().cache / "mfmda" / profile.name / "stage2")
+    cache_root = None if cache_root is False else Path(cache_root or paths().cache / "embeddings")
+    banks = _Banks(segmenter, cache_root, profile.encoder_batch_size, progress)
+    labels = mask_targets(segmenter, source)
+
+    def paired(method: Method, target: str | None) -> list[FundusSample] | None:
+        if method.images == "stage1":
+            return translated_by_target[target]
+        if method.images in ("fda", "histogram"):
+            k = (target_images_by_target or {}).get(target) or target_images(profile, target)
+            return fda_samples(source, k) if method.images == "fda" else histogram_matched_samples(source, k)
+        if method.images == "jitter":
+            return jittered_samples(source, profile.seed)
+        return None
+
+    trained: dict[tuple[str, str], Stage2Model] = {}
+    warm: dict[str, tuple[dict, str]] = {}
+    rows, costs, histories, masks = [], [], {}, {}
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    prefix = PyramidEncoder(segmenter.image_encoder, base.taps, base.rein_from)  # the frozen prefix only
+    src_bank = banks.get(prefix, "source", source)
+    shapes = level_shapes(prefix, src_bank)
+    source_digest = _digest(_images_digest(source), segmenter.cache_key)
+
+    def fit(cfg: Stage2Config, pair_bank: FeatureBank | None, name: str, desc: str, key: tuple[str, str],
+            init: dict | None = None) -> Stage2Model:
+        model = build_model(segmenter.image_encoder, cfg, shapes, segmenter.input_size)
+        if init is not None:
+            model.load_trainable_state(init)
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        start = time.perf_counter()
+        history = train_stage2(model, optimizer, src_bank, labels, cfg, translated=pair_bank, accelerator=accelerator,
+                               checkpoint=checkpoint_dir / name, progress=progress, desc=desc)
+        histories[key] = history
+        costs.append({"method": key[0], "target": key[1],
+                      "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+                      "rein_params": sum(p.numel() for n, p in model.named_parameters() if "rein_" in n),
+                      "epochs": cfg.epochs, "train_seconds": round(history.seconds(), 1),
+                      "ran_now_seconds": round(time.perf_counter() - start, 1),
+                      "from_checkpoint": history.resumed_from == cfg.epochs})
+        return model
+
+    def warm_start(cfg: Stage2Config) -> tuple[dict, str]:
+        """The shared source-only warm-up of every model with this architecture (trained once)."""
+        wcfg = cfg.replace(steps=("source",), epochs=profile.stage2_warmup_epochs, align_taps=None)
+        if wcfg.digest() not in warm:
+            model = fit(wcfg, None, f"warmup_{wcfg.digest()}_{source_digest}.pt", "source warm-up",
+                        ("warm-up", wcfg.head_levels + ("" if wcfg.use_rein else ", no Rein")))
+            warm[wcfg.digest()] = (model.trainable_state(), wcfg.digest())
+        return warm[wcfg.digest()]
+
+    def train(method: Method, target: str | None) -> Stage2Model:
+        key = (method.name, target or "all")
+        if key not in trained:
+            cfg = method.config(base)
+            init, init_digest = warm_start(cfg)
+            pair = paired(method, target)
+            pair_name = f"{method.images}:{target}" if method.per_target else method.images
+            pair_bank = banks.get(prefix, pair_name, pair) if pair is not None else None
+            name = f"{cfg.digest()}_{_digest(init_digest, source_digest, _images_digest(pair))}.pt"
+            trained[key] = fit(cfg, pair_bank, name, method.name + (f" -> {target}" if target else ""), key, init)
+        return trained[key]
+
+    def score(method: Method, model: Stage2Model, domains: Sequence[str]) -> None:
+        for d in domains:
+            bank = banks.get(prefix, f"test:{d}", test[d])
+            if method.kind == "tent":
+                new, masks[(method.name, d)] = _tent_rows(profile, model, segmenter, bank, test[d])
+            else:
+                new, masks[(method.name, d)] = _score(method.name, model, segmenter, bank, test[d])
+            rows.extend(new)
+
+    for name in methods:
+        method = METHODS[name]
+        if method.kind == "reference":
+            rows.extend(sam_reference_rows(profile, targets))
+            continue
+        if method.kind == "tent":
+            score(method, train(METHODS["source_only"], None), targets)
+            continue
+        if method.per_target:
+            for t in targets:
+                score(method, train(method, t), [t])
+        else:
+            domains = [*targets, SOURCE_DOMAIN] if SOURCE_DOMAIN in test else targets
+            score(method, train(method, None), domains)
+    total = time.perf_counter() - start_all
+    return Stage2Result(rows, costs, histories, targets, translation_origin,
+                        {"total": round(total, 1), "prefix": round(banks.seconds, 1)}, masks, test)

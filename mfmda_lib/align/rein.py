@@ -1,0 +1,219 @@
+"""Rein-style low-rank tokens after the blocks of a frozen foundation encoder (MFM-DA stage 2).
+
+MFM-DA adapts its medical foundation model with learnable *tokens* placed after every encoder
+block (the "LoRA" of the paper is Rein's token mechanism with low-rank tokens). For block ``l``
+with output features ``f`` (``(B, N, d)``: ``N`` tokens of width ``d``):
+
+    T_l      = A_l B_l                              (m, d)   low-rank tokens, A_l (m, r), B_l (r, d)
+    attn     = softmax(f T_l^T / sqrt(d))           (B, N, m)
+    T'_l     = T_l W_T                              (m, d)   token-to-feature projection
+    delta_f  = W_delta(attn T'_l + f)               (B, N, d)
+    f       <- f + s_l * delta_f                    s_l learnable, initialised at 1e-3
+
+``W_T`` and ``W_delta`` are shared by all adapted blocks of the same width; ``A_l``, ``B_l`` and
+``s_l`` belong to block ``l``. Because ``s_l`` starts at 1e-3 an untrained Rein leaves the
+encoder's features almost unchanged, so training starts from the foundation model.
+
+The adapter *wraps* each block (:class:`ReinBlock`): ``ReinBlock(block)(x) == rein(block(x))``.
+Every adapter parameter's name starts with ``rein_``, so freezing, counting and saving filter by
+name. Verbs: :func:`inject` (wrap the blocks of a unit list) and :func:`remove` (unwrap them).
+
+Features may be TinyViT tokens ``(B, N, d)`` or SAM-ViT maps ``(B, H, W, d)``: the channel is
+always the last dimension.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ReinConfig", "ReinProjections", "ReinTokens", "ReinBlock", "block_width", "is_block", "inject",
+           "remove", "rein_parameters", "mark_only_rein_trainable"]
+
+PREFIX = "rein_"
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReinConfig:
+    """Size of the Rein tokens.
+
+    Attributes:
+        n_tokens: ``m``, tokens per adapted block (MFM-DA: 100).
+        rank: ``r`` of the low-rank factorisation ``T_l = A_l B_l`` (MFM-DA: 16).
+        scale_init: initial value of each block's learnable scale ``s_l`` (MFM-DA: 1e-3).
+        seed: seed of the token initialisation (the global RNG is left untouched).
+    """
+
+    n_tokens: int = 100
+    rank: int = 16
+    scale_init: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_tokens < 1 or self.rank < 1:
+            raise ValueError(f"ReinConfig: n_tokens and rank must be >= 1, got {self.n_tokens}, {self.rank}")
+        if not 0 <= self.scale_init < 1:
+            raise ValueError(f"ReinConfig.scale_init must be in [0, 1), got {self.scale_init}")
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class ReinProjections(nn.Module):
+    """``W_T`` (tokens -> features) and ``W_delta`` (the output projection), shared by blocks of width ``d``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.rein_token_proj = nn.Linear(width, width)  # W_T
+        self.rein_delta_proj = nn.Linear(width, width)  # W_delta
+
+
+class ReinTokens(nn.Module):
+    """The low-rank tokens ``T_l = A_l B_l`` of one block and its scale ``s_l``.
+
+    Args:
+        width: ``d``, the block's feature width.
+        config: :class:`ReinConfig`.
+        generator: RNG of the initialisation.
+    """
+
+    def __init__(self, width: int, config: ReinConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        m, r = config.n_tokens, config.rank
+        # T = A B with entries of std ~ 1/sqrt(d): A ~ N(0, 1/r), B ~ N(0, 1/d) gives Var(T) = 1/d
+        self.rein_A = nn.Parameter(torch.randn(m, r, generator=generator) / math.sqrt(r))
+        self.rein_B = nn.Parameter(torch.randn(r, width, generator=generator) / math.sqrt(width))
+        self.rein_scale = nn.Parameter(torch.tensor(float(config.scale_init)))
+        self.width = width
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """``T_l = A_l B_l``: ``(m, d)``."""
+        return self.rein_A @ self.rein_B
+
+    def forward(self, f: torch.Tensor, proj: ReinProjections) -> torch.Tensor:
+        """``f + s_l * W_delta(softmax(f T^T / sqrt(d)) T W_T + f)`` for ``f (..., d)``; same shape."""
+        if f.shape[-1] != self.width:
+            raise ValueError(f"Rein tokens of width {self.width} got features of width {f.shape[-1]}")
+        tokens = self.tokens                                                       # (m, d)
+        attn = torch.softmax(f @ tokens.t() / math.sqrt(self.width), dim=-1)      # (..., m)
+        delta = proj.rein_delta_proj(attn @ proj.rein_token_proj(tokens) + f)     # (..., d)
+        return f + self.rein_scale * delta
+
+
+class ReinBlock(nn.Module):
+    """A frozen block followed by its Rein tokens: ``forward(x) = rein(block(x))``.
+
+    Args:
+        block: the wrapped encoder block (kept as ``.block``; its parameters stay the encoder's).
+        tokens: this block's :class:`ReinTokens` (registered here: ``rein_tokens``).
+        proj: the shared :class:`ReinProjections` of this width (not registered here: it is
+            owned by whoever called :func:`inject`, so the shared weights are saved once).
+    """
+
+    def __init__(self, block: nn.Module, tokens: ReinTokens, proj: ReinProjections) -> None:
+        super().__init__()
+        self.block = block
+        self.rein_tokens = tokens
+        self._proj = [proj]  # a list: do not register the shared module twice
+
+    @property
+    def proj(self) -> ReinProjections:
+        return self._proj[0]
+
+    def adapt(self, f: torch.Tensor) -> torch.Tensor:
+        """The Rein step alone, on the block's output ``f (..., d)``."""
+        return self.rein_tokens(f, self.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapt(self.block(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# the method: inject / remove
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK_NAME = re.compile(r"(^|\.)blocks\.\d+$")
+
+
+def is_block(name: str) -> bool:
+    """Whether a unit name (see :func:`mfmda_lib.models.prefix.encoder_units`) is a transformer block."""
+    return bool(_BLOCK_NAME.search(name))
+
+
+def block_width(block: nn.Module) -> int:
+    """Feature width ``d`` of a transformer block: its ``dim`` attribute, else its first LayerNorm's size."""
+    dim = getattr(block, "dim", None)
+    if isinstance(dim, int):
+        return dim
+    for m in block.modules():
+        if isinstance(m, nn.LayerNorm):
+            return int(m.normalized_shape[-1])
+    raise ValueError(f"block_width: cannot tell the width of a {type(block).__name__} (no `dim`, no LayerNorm)")
+
+
+def inject(units: Sequence[tuple[str, nn.Module]], start: str, config: ReinConfig,
+           stop: str | None = None) -> tuple[list[tuple[str, nn.Module]], nn.ModuleDict]:
+    """Wrap every transformer block from unit ``start`` to unit ``stop`` (inclusive) in a :class:`ReinBlock`.
+
+    Args:
+        units: ``(name, module)`` pairs of an encoder (:func:`~mfmda_lib.models.prefix.encoder_units`).
+        start: name of the first unit that may be adapted (earlier blocks stay plain).
+        config: :class:`ReinConfig`.
+        stop: last unit that may be adapted (default: the last unit).
+
+    Returns:
+        ``(new_units, projections)``: the unit list with wrapped blocks (other units unchanged),
+        and the shared projections keyed by width (``str(d)``), which the caller must own
+        (register as a submodule) so they train and save.
+    """
+    names = [n for n, _ in units]
+    for label, value in (("start", start), ("stop", stop)):
+        if value is not None and value not in names:
+            raise ValueError(f"rein.inject: unknown {label} unit {value!r}; units are {names}")
+    lo, hi = names.index(start), names.index(stop) if stop is not None else len(names) - 1
+    generator = torch.Generator().manual_seed(config.seed)
+    projections, out = nn.ModuleDict(), []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # nn.Linear's default init uses the global RNG
+        for i, (name, module) in enumerate(units):
+            if lo <= i <= hi and is_block(name):
+                if isinstance(module, ReinBlock):
+                    raise ValueError(f"rein.inject: unit {name!r} already has Rein tokens")
+                width = block_width(module)
+                if str(width) not in projections:
+                    projections[str(width)] = ReinProjections(width)
+                module = ReinBlock(module, ReinTokens(width, config, generator), projections[str(width)])
+            out.append((name, module))
+    if not any(isinstance(m, ReinBlock) for _, m in out):
+        raise ValueError(f"rein.inject: no transformer block between {start!r} and {stop or names[-1]!r}")
+    return out, projections
+
+
+def remove(units: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Undo :func:`inject`: the unit list with every :class:`ReinBlock` replaced by its block."""
+    return [(name, m.block if isinstance(m, ReinBlock) else m) for name, m in units]
+
+
+def rein_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every parameter whose name contains ``rein_`` (tokens, scales, shared projections)."""
+    return [p for n, p in module.named_parameters() if PREFIX in n]
+
+
+def mark_only_rein_trainable(module: nn.Module) -> int:
+    """``requires_grad`` True for ``rein_*`` parameters, False for all others; returns the trainable count."""
+    total = 0
+    for n, p in module.named_parameters():
+        p.requires_grad_(PREFIX in n)
+        total += p.numel() if PREFIX in n else 0
+    return total

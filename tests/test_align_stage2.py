@@ -1,0 +1,152 @@
+"""MFM-DA stage 2 loop: what trains, the three steps, resume after a kill, and run_stage2 end to end (tiny encoder)."""
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+from test_align import TAPS, tiny_vit
+
+from mfmda_lib.align import experiment
+from mfmda_lib.align.pyramid import PyramidEncoder
+from mfmda_lib.align.stage2 import Stage2Config, build_model, level_shapes, predict_logits, train_stage2
+from mfmda_lib.data import FundusSample
+from mfmda_lib.models.base import InputSpec, PromptableSegmenter
+from mfmda_lib.profiles import get_profile
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _config(**changes) -> Stage2Config:
+    base = Stage2Config(taps=TAPS, rein_from="layers.3.blocks.0", epochs=3, batch_size=2, head_width=4, lr=1e-2)
+    return base.replace(rein=base.rein.__class__(n_tokens=4, rank=2), **changes)
+
+
+def _data(n: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    x = torch.rand(n, 3, 32, 32)
+    y = torch.zeros(n, 2, 32, 32)
+    y[:, 0, 8:24, 8:24], y[:, 1, 12:20, 12:20] = 1, 1
+    return x, y
+
+
+def _setup(config: Stage2Config, encoder: nn.Module):
+    x, y = _data()
+    prefix = PyramidEncoder(encoder, config.taps, config.rein_from)
+    source = {k: v.half() for k, v in prefix.prefix(x).items()}
+    translated = {k: v.half() for k, v in prefix.prefix(x.flip(1)).items()}  # a "translation": swapped colours
+    model = build_model(encoder, config, level_shapes(prefix, source), 32)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr)
+    return model, optimizer, source, translated, y
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="subset"):
+        _config(steps=("align", "nope"))
+    with pytest.raises(ValueError, match="trains the Rein tokens"):
+        _config(use_rein=False)  # the default steps include "align"
+    with pytest.raises(ValueError, match="head_levels"):
+        _config(head_levels="top")
+    assert _config().digest() != _config(epochs=4).digest()
+
+
+def test_only_rein_and_head_train_and_align_step_skips_the_head():
+    encoder = tiny_vit()
+    frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model, optimizer, source, translated, y = _setup(_config(steps=("align",), epochs=1), encoder)
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    rein_before = {k: v.clone() for k, v in model.trainable_state().items() if "rein_" in k}
+    history = train_stage2(model, optimizer, source, y, model_config := _config(steps=("align",), epochs=1),
+                           translated=translated, accelerator=Accelerator(cpu=True), progress=False)
+    assert set(history.epochs[0]) == {"epoch", "loss_align", "seconds"} and model_config.steps == ("align",)
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in frozen.items())  # the foundation model never moves
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head_before.items())  # step 1: tokens only
+    after = model.trainable_state()
+    assert any(not torch.equal(v, after[k]) for k, v in rein_before.items())
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("head.") or "rein_" in n for n in names)
+
+
+def test_three_steps_reduce_the_loss_and_predict():
+    model, optimizer, source, translated, y = _setup(_config(epochs=8), tiny_vit())
+    history = train_stage2(model, optimizer, source, y, _config(epochs=8), translated=translated, progress=False)
+    first, last = history.epochs[0], history.epochs[-1]
+    assert set(first) == {"epoch", "loss_align", "loss_source", "loss_translated", "seconds"}
+    assert last["loss_source"] < first["loss_source"] and last["loss_translated"] < first["loss_translated"]
+    assert predict_logits(model, source, batch_size=3).shape == (4, 2, 32, 32)
+    with pytest.raises(ValueError, match="need `translated`"):
+        train_stage2(model, optimizer, source, y, _config(), progress=False)
+
+
+def test_resume_after_a_killed_run_gives_the_same_weights(tmp_path):
+    config = _config(epochs=3)
+    model, optimizer, source, translated, y = _setup(config, tiny_vit())
+    train_stage2(model, optimizer, source, y, config, translated=translated, progress=False)
+    uninterrupted = model.trainable_state()
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch: int) -> None:
+        if epoch == 0:
+            raise Killed
+
+    checkpoint = tmp_path / "stage2.pt"
+    model, optimizer, *_ = _setup(config, tiny_vit())
+    with pytest.raises(Killed):
+        train_stage2(model, optimizer, source, y, config, translated=translated, checkpoint=checkpoint,
+                     progress=False, on_epoch_end=kill_after_first)
+    model, optimizer, *_ = _setup(config, tiny_vit())  # a fresh process: new model, new optimizer
+    history = train_stage2(model, optimizer, source, y, config, translated=translated, checkpoint=checkpoint,
+                           progress=False)
+    assert history.resumed_from == 1 and len(history.epochs) == 3
+    resumed = model.trainable_state()
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    model, optimizer, *_ = _setup(config, tiny_vit())  # a finished checkpoint is loaded, nothing re-runs
+    assert train_stage2(model, optimizer, source, y, config, translated=translated, checkpoint=checkpoint,
+                        progress=False).resumed_from == 3
+    assert all(torch.equal(model.trainable_state()[k], uninterrupted[k]) for k in resumed)
+
+
+def _samples(n: int, domain: str, seed: int) -> list[FundusSample]:
+    rng = np.random.default_rng(seed)
+    disc = np.zeros((32, 32), bool)
+    disc[8:24, 8:24] = True
+    cup = np.zeros((32, 32), bool)
+    cup[12:20, 12:20] = True
+    return [FundusSample(image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), disc=disc, cup=cup,
+                         domain=domain, sample_id=f"{domain}_{i}") for i in range(n)]
+
+
+@pytest.mark.xfail(reason="work in progress at the end of session 2: the re-run from checkpoints does not yet "
+                          "reproduce every row (row order or test-time state); see the issue 5 note", strict=False)
+def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
+    segmenter = PromptableSegmenter(tiny_vit(), nn.Identity(), nn.Identity(), name="tiny", spec=InputSpec(32),
+                                    cache_key="tiny-test")
+    profile = get_profile("ci").replace(stage2_rein_from="layers.3.blocks.0", stage2_warmup_epochs=1, stage2_epochs=1,
+                                        stage2_batch_size=2, tta_batch_size=2, tta_steps=1)
+    source = _samples(2, "refuge_train", 0)
+    targets = ("riga_binrushed", "refuge_test")
+    translated = {t: experiment.jittered_samples(source, seed=5 + i) for i, t in enumerate(targets)}
+    test = {d: _samples(2, d, 10 + i) for i, d in enumerate([*targets, "refuge_train"])}
+    kwargs = dict(segmenter=segmenter, test=test, checkpoint_dir=tmp_path, cache_root=tmp_path / "cache",
+                  target_images_by_target={t: [s.image for s in _samples(2, t, 20 + i)] for i, t in enumerate(targets)},
+                  accelerator=Accelerator(cpu=True), progress=False)
+    methods = [m for m in experiment.DEFAULT_METHODS if m != "sam_decoder_adapter"]
+    result = experiment.run_stage2(profile, source, translated, methods=methods, **kwargs)
+    table = result.table()
+    assert list(dict.fromkeys(table.index.get_level_values("method"))) == methods
+    assert set(table.index.get_level_values("domain")) == {*targets, "mean"}
+    assert (table["n"].xs("mean", level="domain") == 4).all()
+    assert {"disc_hd95", "cup_iou"} <= set(table.columns)
+    assert set(result.source_table().index.get_level_values("method")) == {"source_only", "alignment_only"}
+    costs = result.cost_table()
+    assert not costs["from_checkpoint"].any()
+    assert costs.set_index(["method", "target"]).loc[("mfmda_no_rein", "riga_binrushed"), "rein_params"] == 0
+
+    again = experiment.run_stage2(profile, source, translated, methods=["mfmda", "tent"], **kwargs)
+    assert again.cost_table()["from_checkpoint"].all()  # weights and frozen features reused
+    same = [r for r in result.rows if r["method"] in ("mfmda", "tent")]
+    assert [r["disc_dice"] for r in again.rows] == [r["disc_dice"] for r in same]
+    with pytest.raises(ValueError, match="unknown method"):
+        experiment.run_stage2(profile, source, translated, methods=["magic"], **kwargs)
