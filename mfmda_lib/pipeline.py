@@ -103,6 +103,11 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
     from .diffusion.training import make_accelerator
 
     profile = get_profile(config.profile or None)
+    k = profile.stage1_k_target
+    user_images = None
+    if config.target_folder:  # validate before any expensive work (or any folder is created)
+        user_images, files = read_target_folder(config.target_folder, k, profile.image_size)
+        log(f"target folder {config.target_folder}: using {len(files)} images ({files[0].name} ... {files[-1].name})")
     run_dir = run_dir_for(config, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh and (run_dir / "state.json").exists():
@@ -110,11 +115,6 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
     state = RunState(run_dir)
     result = PipelineResult(profile.name, run_dir)
     methods = list(config.methods or DEFAULT_METHODS)
-    k = profile.stage1_k_target
-    user_images = None
-    if config.target_folder:  # validate before any expensive work
-        user_images, files = read_target_folder(config.target_folder, k, profile.image_size)
-        log(f"target folder {config.target_folder}: using {len(files)} images ({files[0].name} ... {files[-1].name})")
     log(f"mfmda run | profile {profile.name} | device {get_device()} | run folder {run_dir}")
     accelerator = make_accelerator(get_device())
 

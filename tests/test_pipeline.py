@@ -92,9 +92,11 @@ def test_a_bad_target_folder_fails_before_any_work(fakes, tmp_path):
     assert fakes["ddpm"] == 0
 
 
-def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys):
+def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys, monkeypatch):
     from mfmda_lib.cli import main
 
+    monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path / "results"))
     assert main(["run", "--profile", "ci", "--target-folder", str(tmp_path / "nowhere")]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
     assert main(["run", "--config", str(tmp_path / "none.toml")]) == 2
+    assert not (tmp_path / "results").exists()  # nothing written for a run that could not start
