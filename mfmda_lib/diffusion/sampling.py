@@ -76,9 +76,9 @@ def timesteps_from(scheduler: DDIMScheduler, t_start: int, steps: int) -> torch.
 
 @torch.no_grad()
 def denoise(eps_model: EpsModel, scheduler: DDIMScheduler, x_t: torch.Tensor, timesteps: torch.Tensor, *,
-            after_step: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
-            progress: bool = False) -> torch.Tensor:
-    """Deterministic DDIM walk from ``x_t`` (at ``timesteps[0]``) to ``x_0``.
+            after_step: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None, eta: float = 0.0,
+            generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """DDIM walk from ``x_t`` (at ``timesteps[0]``) to ``x_0``.
 
     Args:
         eps_model: the denoiser.
@@ -86,6 +86,8 @@ def denoise(eps_model: EpsModel, scheduler: DDIMScheduler, x_t: torch.Tensor, ti
         x_t: ``(B, 3, S, S)`` noisy images at ``timesteps[0]``.
         timesteps: ``(n,)`` descending.
         after_step: ``(x_prev, t, t_prev) -> x_prev`` applied after each step (e.g. structure guidance).
+        eta: 0 = deterministic DDIM; 1 = as stochastic as ancestral sampling (fresh noise each step).
+        generator: CPU generator of that noise (``eta > 0``).
 
     Returns:
         ``(B, 3, S, S)`` denoised images (not clipped).
@@ -94,7 +96,11 @@ def denoise(eps_model: EpsModel, scheduler: DDIMScheduler, x_t: torch.Tensor, ti
     step_ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     for t in tqdm(timesteps, desc="DDIM", disable=not progress, leave=False):
         eps = eps_model(x, t.expand(len(x)).to(x.device))
-        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        if eta > 0:
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+        else:
+            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
         if after_step is not None:
             x = after_step(x, int(t), int(t) - step_ratio)
     return x
@@ -102,8 +108,13 @@ def denoise(eps_model: EpsModel, scheduler: DDIMScheduler, x_t: torch.Tensor, ti
 
 @torch.no_grad()
 def sdedit(eps_model: EpsModel, scheduler: DDIMScheduler, x0: torch.Tensor, t_start: int, *, steps: int,
-           generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """SDEdit: noise ``x0`` to ``t_start`` with q(x_t | x_0), then denoise it back with DDIM.
+           eta: float = 1.0, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """SDEdit: noise ``x0`` to ``t_start`` with q(x_t | x_0), then denoise it back.
+
+    Meng et al. run the *stochastic* reverse process; ``eta = 1`` (the default) is its DDIM
+    equivalent (fresh noise at every step), ``eta = 0`` the deterministic DDIM path. With a small,
+    briefly trained model the deterministic path keeps visible noise when started from a large
+    ``t_start``; the stochastic one corrects it.
 
     Args:
         eps_model: the denoiser.
@@ -111,6 +122,7 @@ def sdedit(eps_model: EpsModel, scheduler: DDIMScheduler, x0: torch.Tensor, t_st
         x0: ``(B, 3, S, S)`` images in ``[-1, 1]`` (on the denoiser's device).
         t_start: how far to noise, ``0 <= t_start < T``; ``0`` returns ``x0`` unchanged.
         steps: DDIM steps spread over ``[0, t_start]``.
+        eta: stochasticity of the reverse steps (see above).
         generator: CPU generator for the noise.
 
     Returns:
@@ -121,7 +133,7 @@ def sdedit(eps_model: EpsModel, scheduler: DDIMScheduler, x0: torch.Tensor, t_st
     timesteps = timesteps_from(scheduler, t_start, steps)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = scheduler.add_noise(x0, noise, timesteps[:1].expand(len(x0)).to(x0.device))
-    return denoise(eps_model, scheduler, x_t, timesteps, progress=progress).clamp(-1, 1)
+    return denoise(eps_model, scheduler, x_t, timesteps, eta=eta, generator=generator, progress=progress).clamp(-1, 1)
 
 
 @torch.no_grad()

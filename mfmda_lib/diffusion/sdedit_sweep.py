@@ -69,6 +69,6 @@ def sdedit_sweep(eps_model: EpsModel, scheduler: DDIMScheduler, x: torch.Tensor,
         out = sdedit(eps_model, scheduler, x, int(t0), steps=steps, generator=torch.Generator().manual_seed(seed))
         outputs[int(t0)] = out
         rel = (encoder.encode(out) - centre).norm(dim=1) / d_input  # (B,)
-        rows.append({"t0": int(t0), "psnr": float(psnr(out, x).mean()),  # inf at t0 = 0 (identical)
+        rows.append({"t0": int(t0), "psnr": float(psnr(out, x).mean()) if t0 else float("inf"),  # t0 = 0: the input
                      "relative_distance": float(rel.mean())})
     return SDEditSweep(list(map(int, ts)), x, outputs, pd.DataFrame(rows).set_index("t0"))
