@@ -217,7 +217,7 @@ SIZES: dict[str, tuple] = {
     "ssl_dino_steps":     (4, 500, 4000),
     "ssl_batch_size":     (8, 32, 128),
     "ssl_label_draws":    (2, 3, 5),
-    "ssl_downstream_steps": (1, 100, 250),
+    "ssl_downstream_steps": (1, 150, 250),
     "finetune_epochs":    (1, 30, 50),
     # notebooks 03-04 (rows go here)
     "ft_train_images":    (2, 6, 160),

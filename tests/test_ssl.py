@@ -14,6 +14,7 @@ from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel
                            standardize_images, teacher_entropy, train_downstream, unlabelled_pool, unpatchify,
                            update_center, verdict, warmup_cosine)
 from mfmda_lib.ssl.dino import dino_loss
+from mfmda_lib.ssl.downstream import DownstreamConfig, encoder_param_groups
 from mfmda_lib.ssl.experiment import SSLBenchmark, _per_draw
 from mfmda_lib.ssl.pool import pool_path
 
@@ -255,3 +256,17 @@ def test_verdict_needs_a_win_on_average_and_in_most_draws():
     assert any("| mae: BEATS" in line for line in lines)  # better on average and in 2 of 3 draws
     assert any("| dino: does not beat" in line for line in lines)  # better on average, but in 1 of 3 draws only
     assert lines[-1] == "=> segmentation: pretraining beats random initialisation at the smallest budget: mae (finetune)."
+
+
+def test_layer_decay_groups_and_cached_linear_probe():
+    enc = ViTEncoder(ViTConfig(image_size=32, patch_size=8, dim=32, depth=3, heads=2))
+    groups = encoder_param_groups(enc, 1e-3, 0.5)
+    assert [g["lr"] for g in groups] == pytest.approx([1.25e-4, 2.5e-4, 5e-4, 1e-3, 1e-3])  # embed, 3 blocks, norm
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in enc.parameters())
+    with pytest.raises(ValueError, match="layer_decay"):
+        DownstreamConfig(layer_decay=0.0)
+    samples = [_sample(i, 32) for i in range(4)]
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    probe = train_downstream(enc, "segmentation", "linear_probe", samples, epochs=2, steps_per_epoch=3)
+    assert all(torch.equal(before[k], v) for k, v in probe.encoder.state_dict().items())  # frozen, on cached tokens
+    assert any(p.grad is not None for p in probe.head.parameters())  # the head trained

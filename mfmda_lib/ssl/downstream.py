@@ -32,7 +32,7 @@ from ..train import FitConfig, fit
 from .vit import ViTEncoder, unpatchify
 
 __all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "DownstreamConfig", "VCDRHead", "SegmentationHead",
-           "DownstreamModel", "budget_subset", "train_downstream", "evaluate"]
+           "DownstreamModel", "budget_subset", "encoder_param_groups", "train_downstream", "evaluate"]
 
 #: Fractions of the labelled source training images given to each downstream run.
 LABEL_BUDGETS: tuple[float, ...] = (0.1, 0.3, 1.0)
@@ -51,7 +51,10 @@ class DownstreamConfig:
     Attributes:
         batch_size: labelled images per step.
         lr_head: AdamW learning rate of the head.
-        lr_encoder: AdamW learning rate of the encoder when fine-tuning (layer-wise: all equal).
+        lr_encoder: AdamW learning rate of the encoder's last block when fine-tuning.
+        layer_decay: layer-wise learning-rate decay (BEiT, MAE fine-tuning): block ``i`` of ``L`` trains
+            at ``lr_encoder * layer_decay ** (L - 1 - i)``, the patch embedding at ``layer_decay ** L``
+            (1.0: every encoder layer at ``lr_encoder``).
         weight_decay: AdamW weight decay.
         min_images: a budget never gives fewer images than this.
     """
@@ -59,6 +62,7 @@ class DownstreamConfig:
     batch_size: int = 8
     lr_head: float = 3e-3
     lr_encoder: float = 3e-4
+    layer_decay: float = 1.0
     weight_decay: float = 0.01
     min_images: int = 2
 
@@ -67,6 +71,8 @@ class DownstreamConfig:
             raise ValueError("batch_size and min_images must be >= 1")
         if self.lr_head <= 0 or self.lr_encoder <= 0:
             raise ValueError("learning rates must be > 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +162,22 @@ def _soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> 
     return 1 - ((2 * inter + eps) / (p.sum(dim=(2, 3)) + y.sum(dim=(2, 3)) + eps)).mean()
 
 
+def encoder_param_groups(encoder: ViTEncoder, lr: float, layer_decay: float) -> list[dict]:
+    """Optimizer groups of ``encoder`` with layer-wise decay: the last block and final norm at ``lr``, each
+    earlier block ``layer_decay`` times less, the patch embedding and class token least."""
+    depth = len(encoder.blocks)
+    groups = [{"params": [encoder.patch_embed.weight, encoder.patch_embed.bias, encoder.cls_token],
+               "lr": lr * layer_decay ** depth}]
+    groups += [{"params": list(block.parameters()), "lr": lr * layer_decay ** (depth - 1 - i)}
+               for i, block in enumerate(encoder.blocks)]
+    groups.append({"params": list(encoder.norm.parameters()), "lr": lr})
+    n_grouped = sum(p.numel() for g in groups for p in g["params"])
+    if n_grouped != sum(p.numel() for p in encoder.parameters()):
+        raise ValueError("encoder_param_groups: the encoder has parameters outside patch_embed, cls_token, "
+                         "blocks and norm; add them to a group")
+    return groups
+
+
 def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Sequence[FundusSample], *,
                      epochs: int, steps_per_epoch: int, config: DownstreamConfig | None = None, seed: int = 0,
                      progress: bool = False) -> DownstreamModel:
@@ -169,6 +191,9 @@ def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Seque
         epochs, steps_per_epoch: the run takes ``epochs * steps_per_epoch`` steps of ``batch_size``
             images drawn with replacement from ``train`` (horizontal flips as augmentation).
 
+    A linear probe's frozen encoder is run once per image and flip, outside the loop (the head then
+    trains on the cached tokens: the same steps, a fraction of the compute).
+
     Returns:
         The trained :class:`DownstreamModel` in eval mode.
     """
@@ -177,25 +202,35 @@ def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Seque
     model = DownstreamModel(copy.deepcopy(encoder), task, protocol)
     x, masks, vcdr = task_tensors(train, encoder.config.image_size)
     g = torch.Generator().manual_seed(seed)
+    cached = None
+    if protocol == "linear_probe":
+        with torch.no_grad():
+            cached = torch.stack([model.encoder.eval().patch_tokens(x),
+                                  model.encoder.patch_tokens(x.flip(-1))])  # (2, n, N, D): as is, flipped
 
     def batches(epoch: int):
         for _ in range(steps_per_epoch):
             idx = torch.randint(len(x), (config.batch_size,), generator=g)
             flip = torch.rand(len(idx), generator=g) < 0.5
-            bx, by = x[idx].clone(), masks[idx].clone()
-            bx[flip], by[flip] = bx[flip].flip(-1), by[flip].flip(-1)  # vCDR is unchanged by a horizontal flip
-            yield bx, by, vcdr[idx]
+            by = masks[idx].clone()
+            by[flip] = by[flip].flip(-1)  # vCDR is unchanged by a horizontal flip
+            if cached is not None:
+                yield cached[flip.long(), idx], by, vcdr[idx]  # (B, N, D) tokens
+            else:
+                bx = x[idx].clone()
+                bx[flip] = bx[flip].flip(-1)
+                yield bx, by, vcdr[idx]
 
     def loss_fn(m, batch):
         bx, by, bv = batch
-        out = m(bx)
+        out = m.head(bx) if cached is not None else m(bx)
         if task == "vcdr":
             return F.mse_loss(out, bv)
         return F.binary_cross_entropy_with_logits(out, by) + _soft_dice_loss(out, by)
 
-    groups = [{"params": model.head.parameters(), "lr": config.lr_head}]
+    groups = [{"params": list(model.head.parameters()), "lr": config.lr_head}]
     if protocol == "finetune":
-        groups.append({"params": model.encoder.parameters(), "lr": config.lr_encoder})
+        groups += encoder_param_groups(model.encoder, config.lr_encoder, config.layer_decay)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs), desc=f"{task} {protocol}", progress=progress)
     return model.eval()
