@@ -18,7 +18,8 @@ and ``f`` stay frozen. Variants, for the comparison in notebook 08:
 
 ``L_diff`` on a target image is conditioned on that image itself (reconstruction), like the
 fusion block's pretraining. The loop is :func:`~.training.run_steps`: resumable and
-deterministic per step.
+deterministic per step. Each step logs its weighted terms (``l_dc``, ``l_style``, ``l_diff``) and
+``l_target``, the unweighted noise-prediction loss on the target batch (comparable across variants).
 """
 from __future__ import annotations
 
@@ -140,7 +141,9 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
     plain = accelerator.unwrap_model(model)
     B = config.batch_size
 
-    def target_diffusion_loss(t: torch.Tensor, weight: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def target_diffusion_loss(t: torch.Tensor, weight: torch.Tensor, g: torch.Generator
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted L_diff, unweighted L_diff) on a batch of target images at timesteps t."""
         idx = torch.randint(0, len(x_target), (len(t),), generator=g)
         noise, content_noise = torch.randn((2, len(t), *x_target.shape[1:]), generator=g)
         gate_noise = torch.randn(plain.bottleneck_shape(len(t)), generator=g)
@@ -148,18 +151,20 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
             x_target[idx], t, noise, content_noise, gate_noise, weight))
         with accelerator.autocast():
             eps_hat = model(q_sample(x0, t, noise, alpha_bar), t, q_sample(x0, t, content_noise, alpha_bar), gate_noise)
-        return diffusion_loss(noise, eps_hat, config.diffusion_loss, weight)
+        return (diffusion_loss(noise, eps_hat, config.diffusion_loss, weight),
+                diffusion_loss(noise, eps_hat.detach(), config.diffusion_loss))
 
     def step_fn(step: int, g: torch.Generator):
         if config.variant == "naive":
             t = _uniform_t(0, T, B, g)
-            return target_diffusion_loss(t, torch.ones(B), g), {}
+            l_diff, l_target = target_diffusion_loss(t, torch.ones(B), g)
+            return l_diff, {"l_target": l_target}
         even = step % 2 == 0
         t = _uniform_t(*(EVEN_T_RANGE if even else ODD_T_RANGE), B, g)
         w_dir, w_diff = stage1_weights(t, even, T)
-        l_diff = target_diffusion_loss(t, w_diff, g)
+        l_diff, l_target = target_diffusion_loss(t, w_diff, g)
         if not even:
-            return l_diff, {"l_diff": l_diff.detach()}
+            return l_diff, {"l_diff": l_diff.detach(), "l_target": l_target}
         idx = torch.randint(0, len(x_source), (B,), generator=g)
         noise, content_noise = torch.randn((2, B, *x_source.shape[1:]), generator=g)
         gate_noise = torch.randn(plain.bottleneck_shape(B), generator=g)
@@ -175,7 +180,8 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         l_dc = distribution_consistency_loss(f_hat, f_source[idx.to(device)], delta, w_dir)
         l_style = style_loss(maps, target_gram, w_dir)
         loss = config.dc_weight * l_dc + config.style_weight * l_style + l_diff
-        return loss, {"l_dc": l_dc.detach(), "l_style": l_style.detach(), "l_diff": l_diff.detach()}
+        return loss, {"l_dc": l_dc.detach(), "l_style": l_style.detach(), "l_diff": l_diff.detach(),
+                      "l_target": l_target}
 
     modules = {"model": model} | ({"diaa": diaa} if diaa is not None else {})
     history = run_steps(step_fn, steps=config.steps, modules=modules, optimizer=optimizer, accelerator=accelerator,

@@ -91,9 +91,13 @@ def loss_weights_figure(T: int = 1000) -> Figure:
     return fig
 
 
-def stage1_history_figure(histories: Mapping[str, Sequence[dict]], keys: Sequence[str] = ("l_dc", "l_style", "l_diff"),
-                          smooth: int = 5) -> Figure:
-    """Per-step stage-1 losses of each variant (moving average over ``smooth`` logged steps)."""
+def stage1_history_figure(histories: Mapping[str, Sequence[dict]],
+                          keys: Sequence[str] = ("l_dc", "l_style", "l_target"), smooth: int = 10) -> Figure:
+    """Per-step stage-1 losses of each variant (moving average over ``smooth`` logged steps).
+
+    ``l_dc`` and ``l_style`` are logged on even iterations (weighted by ``a(t)``); ``l_target`` is the
+    unweighted noise loss on the target images at every iteration (its t range alternates, hence the smoothing).
+    """
     fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for variant, steps in histories.items():

@@ -38,10 +38,12 @@ def frechet_distance(features_a: np.ndarray | torch.Tensor, features_b: np.ndarr
         raise ValueError(f"frechet_distance needs (N, D) and (M, D) features with N, M >= 2, got {a.shape}, {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)  # (D, D)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if np.iscomplexobj(root):
-        root = root.real  # numerical noise of a rank-deficient product
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    # Tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix:
+    # stable for the rank-deficient covariances of a few dozen images (sqrtm of S_a S_b is not)
+    w, v = linalg.eigh(cov_a)
+    half_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
+    trace_root = np.sqrt(np.clip(linalg.eigvalsh(half_a @ cov_b @ half_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 def intra_cluster_diversity(generated: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor) -> float:

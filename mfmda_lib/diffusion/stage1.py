@@ -174,8 +174,12 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
 # the profile-level contract, with its cache
 # ---------------------------------------------------------------------------------------------
 
+#: bump when a code change alters stage-1 results, so cached translations are recomputed
+STAGE1_VERSION = 1
+
+
 def _key(profile: Profile, target_domain: str, variant: str, ddpm_sha: str) -> str:
-    blob = json.dumps({"target": target_domain, "variant": variant, "ddpm_sha256": ddpm_sha,
+    blob = json.dumps({"version": STAGE1_VERSION, "target": target_domain, "variant": variant, "ddpm_sha256": ddpm_sha,
                        "stage1": vars(stage1_config(profile, variant if variant != "none" else "mfmda")),
                        "translate": vars(translate_config(profile)), "k": profile.stage1_k_target,
                        "f": [profile.stage1_encoder_units, profile.stage1_feature_size],
