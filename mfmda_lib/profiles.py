@@ -96,6 +96,17 @@ class Profile:
         stage1_encoder_units: LiteMedSAM encoder units in f (1: patch embedding; 2: + first conv stage; 15: all).
         stage1_feature_size: input side of f (256 required past 2 units).
         stage1_eval_images: translated images scored for structure preservation (LiteMedSAM Dice).
+        stage2_rein_from: first LiteMedSAM unit that gets Rein tokens in stage 2 (notebook 09).
+        stage2_rein_placement: ``blocks``: tokens after every block from stage2_rein_from, as in the
+            paper (GPU); ``levels``: tokens on the pyramid levels only, so the whole frozen encoder
+            runs once per image and is cached (CPU).
+        stage2_pairs: labelled source images (each paired with its translation) that stage 2 trains on:
+            the first of stage 1's translated list.
+        stage2_test_per_domain: test images per domain scored in notebook 09.
+        stage2_warmup_epochs: epochs of the shared source-only warm-up every stage-2 method starts from.
+        stage2_epochs: epochs of each stage-2 method after the warm-up (three optimizer steps per
+            batch for MFM-DA).
+        stage2_batch_size: source/translation pairs per stage-2 step.
         # -- notebook 10 (clinical evaluation): document new fields here --
         bootstrap_resamples: bootstrap resamples behind every confidence interval (notebook 10).
     """
@@ -136,12 +147,12 @@ class Profile:
     ft_epochs: int
     ft_first_unit: str
     peft_epochs: int
+    peft_probe_epochs: int
     peft_first_unit: str
     peft_lora_ranks: tuple
     # notebooks 07-09 and the mfmda pipeline (fields go here)
     ddpm_image_size: int
     ddpm_base_channels: int
-    peft_probe_epochs: int
     ddpm_train_images: int
     ddpm_train_steps: int
     ddpm_fusion_steps: int
@@ -158,6 +169,13 @@ class Profile:
     stage1_encoder_units: int
     stage1_feature_size: int
     stage1_eval_images: int
+    stage2_rein_from: str
+    stage2_rein_placement: str
+    stage2_pairs: int
+    stage2_test_per_domain: int
+    stage2_warmup_epochs: int
+    stage2_epochs: int
+    stage2_batch_size: int
     # notebook 10: clinical evaluation (fields go here)
     bootstrap_resamples: int
 
@@ -249,6 +267,13 @@ SIZES: dict[str, tuple] = {
     "stage1_encoder_units":   (1, 1, 15),
     "stage1_feature_size":    (64, 64, 256),
     "stage1_eval_images":     (2, 12, 100),
+    "stage2_rein_from":       ("layers.1.blocks.0", "layers.1.blocks.0", "layers.1.blocks.0"),
+    "stage2_rein_placement":  ("levels", "levels", "blocks"),
+    "stage2_pairs":           (2, 16, 200),
+    "stage2_test_per_domain": (2, 16, 100),
+    "stage2_warmup_epochs":   (1, 20, 10),
+    "stage2_epochs":          (1, 6, 100),
+    "stage2_batch_size":      (2, 4, 8),
     # notebook 10 (rows go here)
     "bootstrap_resamples": (200, 2000, 5000),
 }

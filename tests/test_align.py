@@ -88,7 +88,7 @@ def test_untrained_rein_leaves_features_nearly_unchanged_and_only_rein_trains():
     assert trainable and all("rein_" in name for name in trainable) and n == sum(p.numel() for p in rein_parameters(holder))
     assert not any(p.requires_grad for p in encoder.parameters())
     assert [m for _, m in remove(wrapped)] == [m for _, m in units]
-    with pytest.raises(ValueError, match="already has Rein"):
+    with pytest.raises(ValueError, match="already have Rein"):
         inject(wrapped, "layers.3.blocks.0", ReinConfig())
     with pytest.raises(ValueError, match="unknown start"):
         inject(units, "nope", ReinConfig())
@@ -124,6 +124,29 @@ def test_pyramid_encoder_prefix_plus_suffix_and_gradients():
     assert all(not p.requires_grad for p in encoder.parameters())
     with pytest.raises(ValueError, match="shallow to deep"):
         PyramidEncoder(encoder, TAPS[::-1], None)
+
+
+def test_levels_placement_caches_the_whole_encoder_and_adapts_every_level():
+    encoder = tiny_vit()
+    x = torch.randn(2, 3, 32, 32)
+    plain = PyramidEncoder(encoder, TAPS, "layers.1.blocks.0", None, "levels")
+    levels = PyramidEncoder(encoder, TAPS, "layers.1.blocks.0", ReinConfig(n_tokens=4, rank=2), "levels")
+    assert plain.cache_signature() == levels.cache_signature() and levels.frozen_taps == list(TAPS)
+    assert levels.adapted_taps == list(TAPS) and plain.adapted_taps == []
+    assert set(levels.rein_projections) == {"8", "12", "16"}  # one shared projection per width
+    cached = levels.prefix(x)
+    assert set(cached) == set(TAPS)  # no "h": nothing of the encoder runs in the suffix
+    with torch.no_grad():
+        for a, p in zip(levels(cached), plain(cached)):
+            assert a.shape == p.shape and 0 < float((a - p).norm() / p.norm()) < 1e-2
+    sum(f.square().mean() for f in levels(cached)).backward()
+    grads = {n for n, p in levels.named_parameters() if p.grad is not None}
+    assert {n.split(".")[1] for n in grads if n.startswith("rein_tokens")} == {t.replace(".", "_") for t in TAPS}
+    assert all("rein_" in n for n in grads)
+    late = PyramidEncoder(encoder, TAPS, "layers.2.blocks.5", ReinConfig(n_tokens=4, rank=2), "levels")
+    assert late.adapted_taps == list(TAPS[1:])
+    with pytest.raises(ValueError, match="placement"):
+        PyramidEncoder(encoder, TAPS, None, None, "everywhere")
 
 
 def test_pyramid_head_shapes():

@@ -27,10 +27,10 @@ and are scored on every target. Trained weights are checkpointed (named by confi
 hashes) and reused; a killed run resumes from its last epoch.
 
 Warm start (the kit's choice for a CPU budget; MFM-DA trains each model from scratch for 100
-epochs): every model first trains ``profile.stage2_warmup_epochs`` epochs on the source only
-(shared by all methods with the same head and tokens, trained once), then
-``profile.stage2_epochs`` epochs of its own objective. ``source_only`` continues on the source, so
-every method gets the same number of epochs.
+epochs): the head first trains ``profile.stage2_warmup_epochs`` epochs on the source only, without
+tokens (shared by every method with the same head, trained once); then each method adds fresh Rein
+tokens and trains ``profile.stage2_epochs`` epochs of its own objective. ``source_only`` continues
+on the source, so every method gets the same number of epochs.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ from .stage2 import (FeatureBank, Stage2Config, Stage2History, Stage2Model, buil
 
 __all__ = ["Method", "METHODS", "BASELINES", "ABLATIONS", "DEFAULT_METHODS", "METRICS", "stage2_config",
            "source_samples", "target_images", "test_samples", "translations", "Stage2Result", "run_stage2",
-           "sam_reference_rows"]
+           "predict_target_masks", "sam_reference_rows"]
 
 METRICS = ("disc_dice", "disc_iou", "disc_hd95", "cup_dice", "cup_iou", "cup_hd95")
 
@@ -129,7 +129,8 @@ DEFAULT_METHODS = (*BASELINES, "mfmda", *ABLATIONS)
 
 def stage2_config(profile: Profile) -> Stage2Config:
     """The base :class:`Stage2Config` of a profile (every method changes only what it names)."""
-    return Stage2Config(rein_from=profile.stage2_rein_from, rein=ReinConfig(seed=profile.seed),
+    return Stage2Config(rein_from=profile.stage2_rein_from, rein_placement=profile.stage2_rein_placement,
+                        rein=ReinConfig(seed=profile.seed),
                         epochs=profile.stage2_epochs, batch_size=profile.stage2_batch_size, seed=profile.seed)
 
 
@@ -322,6 +323,71 @@ def _tent_rows(profile: Profile, model: Stage2Model, segmenter: PromptableSegmen
     return _score("tent", model, segmenter, bank, samples, torch.cat(out))
 
 
+class _Runner:
+    """Trains (or loads) the models of one source set: shared warm-up, cached features, checkpoints."""
+
+    def __init__(self, profile: Profile, source: Sequence[FundusSample], segmenter: PromptableSegmenter | None,
+                 checkpoint_dir: str | Path | None, cache_root: str | Path | bool | None, accelerator, progress: bool):
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(cpu=get_device().type == "cpu")
+        self.profile, self.source, self.accelerator, self.progress = profile, list(source), accelerator, progress
+        self.segmenter = segmenter or load_model("litemedsam", device=accelerator.device)
+        self.base = stage2_config(profile)
+        self.checkpoint_dir = Path(checkpoint_dir or paths().cache / "mfmda" / profile.name / "stage2")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        root = None if cache_root is False else Path(cache_root or paths().cache / "embeddings")
+        self.banks = _Banks(self.segmenter, root, profile.encoder_batch_size, progress)
+        self.labels = mask_targets(self.segmenter, self.source)
+        self.prefix = PyramidEncoder(self.segmenter.image_encoder, self.base.taps, self.base.rein_from, None,
+                                     self.base.rein_placement)  # the frozen part only
+        self.src_bank = self.banks.get(self.prefix, "source", self.source)
+        self.shapes = level_shapes(self.prefix, self.src_bank)
+        self.source_digest = _digest(_images_digest(self.source), self.segmenter.cache_key)
+        self.costs: list[dict] = []
+        self.histories: dict[tuple[str, str], Stage2History] = {}
+        self._warm: dict[str, tuple[dict, str]] = {}
+
+    def fit(self, cfg: Stage2Config, pair_bank: FeatureBank | None, name: str, key: tuple[str, str],
+            init: dict | None = None) -> Stage2Model:
+        """Train one model (resuming from / loading ``checkpoint_dir / name``) and record its cost."""
+        model = build_model(self.segmenter.image_encoder, cfg, self.shapes, self.segmenter.input_size)
+        if init is not None:
+            model.load_trainable_state(init)
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        start = time.perf_counter()
+        history = train_stage2(model, optimizer, self.src_bank, self.labels, cfg, translated=pair_bank,
+                               accelerator=self.accelerator, checkpoint=self.checkpoint_dir / name,
+                               progress=self.progress, desc=" -> ".join(k for k in key if k != "all"))
+        self.histories[key] = history
+        self.costs.append({"method": key[0], "target": key[1],
+                           "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+                           "rein_params": sum(p.numel() for n, p in model.named_parameters() if "rein_" in n),
+                           "epochs": cfg.epochs, "train_seconds": round(history.seconds(), 1),
+                           "ran_now_seconds": round(time.perf_counter() - start, 1),
+                           "from_checkpoint": history.resumed_from == cfg.epochs})
+        return model
+
+    def warm_start(self, cfg: Stage2Config) -> tuple[dict, str]:
+        """The shared source-only warm-up of the head (no tokens yet), trained once per head shape."""
+        wcfg = cfg.replace(steps=("source",), epochs=self.profile.stage2_warmup_epochs, align_taps=None, use_rein=False)
+        if wcfg.digest() not in self._warm:
+            model = self.fit(wcfg, None, f"warmup_{wcfg.digest()}_{self.source_digest}.pt",
+                             ("warm-up", f"head: {wcfg.head_levels}"))
+            self._warm[wcfg.digest()] = (model.trainable_state(), wcfg.digest())
+        return self._warm[wcfg.digest()]
+
+    def train(self, method: Method, key: tuple[str, str], pair: Sequence[FundusSample] | None,
+              pair_name: str) -> Stage2Model:
+        """The warm-up, then ``method``'s own epochs on the source paired with ``pair``."""
+        cfg = method.config(self.base)
+        init, init_digest = self.warm_start(cfg)
+        pair_bank = self.banks.get(self.prefix, pair_name, pair) if pair is not None else None
+        name = f"{cfg.digest()}_{_digest(init_digest, self.source_digest, _images_digest(pair))}.pt"
+        return self.fit(cfg, pair_bank, name, key, init)
+
+
 def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_target: dict[str, list[FundusSample]],
                *, methods: Sequence[str] = DEFAULT_METHODS, segmenter: PromptableSegmenter | None = None,
                target_images_by_target: dict[str, list[np.ndarray]] | None = None,
@@ -357,17 +423,9 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
     if not targets or bad:
         raise ValueError(f"run_stage2: give one translated sample per source sample for each target (bad: {bad})")
     start_all = time.perf_counter()
-    if accelerator is None:
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=get_device().type == "cpu")
-    segmenter = segmenter or load_model("litemedsam", device=accelerator.device)
-    base = stage2_config(profile)
+    run = _Runner(profile, source, segmenter, checkpoint_dir, cache_root, accelerator, progress)
+    segmenter = run.segmenter
     test = test if test is not None else test_samples(profile, [*targets, SOURCE_DOMAIN])
-    checkpoint_dir = Path(checkpoint_dir or paths().cache / "mfmda" / profile.name / "stage2")
-    cache_root = None if cache_root is False else Path(cache_root or paths().cache / "embeddings")
-    banks = _Banks(segmenter, cache_root, profile.encoder_batch_size, progress)
-    labels = mask_targets(segmenter, source)
 
     def paired(method: Method, target: str | None) -> list[FundusSample] | None:
         if method.images == "stage1":
@@ -380,56 +438,18 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
         return None
 
     trained: dict[tuple[str, str], Stage2Model] = {}
-    warm: dict[str, tuple[dict, str]] = {}
-    rows, costs, histories, masks = [], [], {}, {}
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    prefix = PyramidEncoder(segmenter.image_encoder, base.taps, base.rein_from)  # the frozen prefix only
-    src_bank = banks.get(prefix, "source", source)
-    shapes = level_shapes(prefix, src_bank)
-    source_digest = _digest(_images_digest(source), segmenter.cache_key)
-
-    def fit(cfg: Stage2Config, pair_bank: FeatureBank | None, name: str, desc: str, key: tuple[str, str],
-            init: dict | None = None) -> Stage2Model:
-        model = build_model(segmenter.image_encoder, cfg, shapes, segmenter.input_size)
-        if init is not None:
-            model.load_trainable_state(init)
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        start = time.perf_counter()
-        history = train_stage2(model, optimizer, src_bank, labels, cfg, translated=pair_bank, accelerator=accelerator,
-                               checkpoint=checkpoint_dir / name, progress=progress, desc=desc)
-        histories[key] = history
-        costs.append({"method": key[0], "target": key[1],
-                      "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
-                      "rein_params": sum(p.numel() for n, p in model.named_parameters() if "rein_" in n),
-                      "epochs": cfg.epochs, "train_seconds": round(history.seconds(), 1),
-                      "ran_now_seconds": round(time.perf_counter() - start, 1),
-                      "from_checkpoint": history.resumed_from == cfg.epochs})
-        return model
-
-    def warm_start(cfg: Stage2Config) -> tuple[dict, str]:
-        """The shared source-only warm-up of every model with this architecture (trained once)."""
-        wcfg = cfg.replace(steps=("source",), epochs=profile.stage2_warmup_epochs, align_taps=None)
-        if wcfg.digest() not in warm:
-            model = fit(wcfg, None, f"warmup_{wcfg.digest()}_{source_digest}.pt", "source warm-up",
-                        ("warm-up", wcfg.head_levels + ("" if wcfg.use_rein else ", no Rein")))
-            warm[wcfg.digest()] = (model.trainable_state(), wcfg.digest())
-        return warm[wcfg.digest()]
+    rows, masks = [], {}
 
     def train(method: Method, target: str | None) -> Stage2Model:
         key = (method.name, target or "all")
         if key not in trained:
-            cfg = method.config(base)
-            init, init_digest = warm_start(cfg)
-            pair = paired(method, target)
-            pair_name = f"{method.images}:{target}" if method.per_target else method.images
-            pair_bank = banks.get(prefix, pair_name, pair) if pair is not None else None
-            name = f"{cfg.digest()}_{_digest(init_digest, source_digest, _images_digest(pair))}.pt"
-            trained[key] = fit(cfg, pair_bank, name, method.name + (f" -> {target}" if target else ""), key, init)
+            name = f"{method.images}:{target}" if method.per_target else method.images
+            trained[key] = run.train(method, key, paired(method, target), name)
         return trained[key]
 
     def score(method: Method, model: Stage2Model, domains: Sequence[str]) -> None:
         for d in domains:
-            bank = banks.get(prefix, f"test:{d}", test[d])
+            bank = run.banks.get(run.prefix, f"test:{d}", test[d])
             if method.kind == "tent":
                 new, masks[(method.name, d)] = _tent_rows(profile, model, segmenter, bank, test[d])
             else:
@@ -451,5 +471,35 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
             domains = [*targets, SOURCE_DOMAIN] if SOURCE_DOMAIN in test else targets
             score(method, train(method, None), domains)
     total = time.perf_counter() - start_all
-    return Stage2Result(rows, costs, histories, targets, translation_origin,
-                        {"total": round(total, 1), "prefix": round(banks.seconds, 1)}, masks, test)
+    return Stage2Result(rows, run.costs, run.histories, targets, translation_origin,
+                        {"total": round(total, 1), "prefix": round(run.banks.seconds, 1)}, masks, test)
+
+
+def predict_target_masks(profile: Profile, source: Sequence[FundusSample], translated: Sequence[FundusSample],
+                         images: Sequence[np.ndarray], *, target_name: str = "target", method: str = "mfmda",
+                         segmenter: PromptableSegmenter | None = None, checkpoint_dir: str | Path | None = None,
+                         cache_root: str | Path | bool | None = None, accelerator=None,
+                         progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Train ``method`` on ``source`` + ``translated`` (a user's own target) and segment unlabelled ``images``.
+
+    Args:
+        profile: sizes.
+        source: labelled source samples; ``translated``: their translations to the target, same order.
+        images: ``(H, W, 3)`` uint8 images of the target hospital (no labels needed).
+        target_name: names the target in checkpoints and progress bars.
+        method: a trained method of :data:`METHODS` that uses ``translated`` (default ``mfmda``).
+
+    Returns:
+        One ``(disc, cup)`` pair of ``(H, W)`` bool masks per image.
+    """
+    m = METHODS.get(method)
+    if m is None or m.kind != "train" or m.images != "stage1":
+        raise ValueError(f"predict_target_masks: method must be one trained on the translations, e.g. 'mfmda'; got {method!r}")
+    if len(translated) != len(source):
+        raise ValueError(f"predict_target_masks: {len(translated)} translations for {len(source)} source samples")
+    run = _Runner(profile, source, segmenter, checkpoint_dir, cache_root, accelerator, progress)
+    model = run.train(m, (method, target_name), translated, f"stage1:{target_name}")
+    images = [np.ascontiguousarray(img) for img in images]
+    bank = encode_prefix(run.segmenter, run.prefix, images, cache_root=None, batch_size=profile.encoder_batch_size,
+                         progress=progress, desc=f"frozen prefix: {target_name}")
+    return logits_to_masks(run.segmenter, predict_logits(model, bank), [img.shape[:2] for img in images])

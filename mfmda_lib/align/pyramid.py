@@ -5,17 +5,16 @@ small U-Net-like head (1x1 reductions, transposed-convolution up-sampling, skip 
 predict two channels, disc and cup. LiteMedSAM's TinyViT is already hierarchical, so the levels
 keep their native resolutions, e.g. for a 256 px input::
 
-    layers.1.blocks.1   (B, 128, 128, 128)   frozen on CPU
-    layers.2.blocks.5   (B, 160,  64,  64)   frozen on CPU
-    layers.3.blocks.0   (B, 320,  64,  64)   Rein tokens
-    layers.3.blocks.1   (B, 320,  64,  64)   Rein tokens
+    layers.1.blocks.1   (B, 128, 128, 128)
+    layers.2.blocks.2   (B, 160,  64,  64)
+    layers.2.blocks.5   (B, 160,  64,  64)
+    layers.3.blocks.1   (B, 320,  64,  64)
 
-:class:`PyramidEncoder` wraps the encoder (it is never modified, only frozen): blocks from
-``rein_from`` on get Rein tokens (:mod:`mfmda_lib.align.rein`); everything before the first
-adapted block's tokens is the *prefix*, which never changes, so it runs once per image
-(:meth:`PyramidEncoder.prefix`, cached by the caller) and training runs only the *suffix*
-(:meth:`PyramidEncoder.suffix`). The first adapted block itself is frozen too: its output is
-cached and only its tokens run in the suffix.
+:class:`PyramidEncoder` wraps the encoder (it is never modified, only frozen) and adds Rein tokens
+(:mod:`mfmda_lib.align.rein`) after its blocks (the paper) or on its tapped levels (the kit's CPU
+choice). Everything before the first tokens is the *prefix*, which never changes, so it runs once
+per image (:meth:`PyramidEncoder.prefix`, cached by the caller); training runs only the *suffix*
+(:meth:`PyramidEncoder.suffix`).
 """
 from __future__ import annotations
 
@@ -26,9 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.prefix import encoder_units
-from .rein import ReinBlock, ReinConfig, inject, is_block
+from .rein import ReinBlock, ReinConfig, block_width, inject, is_block, new_tokens
 
-__all__ = ["to_map", "PyramidEncoder", "PyramidHead"]
+__all__ = ["to_map", "PLACEMENTS", "PyramidEncoder", "PyramidHead"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,29 +51,47 @@ def to_map(h: torch.Tensor, channels_last: bool) -> torch.Tensor:
     raise ValueError(f"to_map: expected (B, N, C) tokens or a 4-D map, got shape {tuple(h.shape)}")
 
 
+def _key(name: str) -> str:
+    return name.replace(".", "_")  # ModuleDict keys cannot hold dots
+
+
 # ---------------------------------------------------------------------------------------------
 # the encoder with Rein tokens and taps
 # ---------------------------------------------------------------------------------------------
 
+PLACEMENTS = ("blocks", "levels")
+
+
 class PyramidEncoder(nn.Module):
-    """A frozen encoder, Rein tokens from unit ``rein_from`` on, and ``taps`` read out as maps.
+    """A frozen encoder with Rein tokens, and ``taps`` read out as maps.
+
+    Two placements of the tokens:
+
+    - ``"blocks"`` (the paper): after every block from ``rein_from`` to the deepest tap; each
+      block's change feeds the next blocks. The cached prefix ends with ``rein_from``'s frozen
+      output, so every later block runs (forward and backward) at every step.
+    - ``"levels"`` (the kit's CPU choice): on the output of each tapped block from ``rein_from``
+      on, for the head and the alignment only; the next frozen blocks still see the unchanged
+      features. The whole encoder up to the deepest tap is then frozen prefix, run once per
+      image, and a step costs only the tokens and the head.
 
     Args:
         encoder: TinyViT, SAM ViT or ``nn.Sequential`` (see :func:`~mfmda_lib.models.prefix.encoder_units`).
             It is frozen here (``requires_grad_(False)``, ``eval()``); its modules are not replaced.
         taps: unit names of the pyramid levels, shallow to deep.
-        rein_from: the cut: the prefix ends with this unit's frozen output, and with ``rein`` every
-            block from it to the deepest tap gets Rein tokens. ``None``: everything is prefix.
-        rein: :class:`ReinConfig`; ``None``: no tokens (the suffix then runs the frozen units
-            after the cut, so the cached prefix is the same with and without tokens).
+        rein_from: first unit that gets tokens; with ``"blocks"`` also the cut between the cached
+            prefix and the suffix. ``None``: no tokens, everything is prefix.
+        rein: :class:`ReinConfig`; ``None``: no tokens (with ``"blocks"`` the suffix then runs the
+            frozen units after the cut, so the cached prefix is the same with and without tokens).
+        placement: ``"blocks"`` or ``"levels"``.
 
     Attributes:
-        rein_tokens: ``ModuleDict`` of each adapted block's tokens; ``rein_projections``: the shared
-            projections by width. Only these train.
+        rein_tokens: ``ModuleDict`` of the tokens of each adapted block or level;
+            ``rein_projections``: the shared projections by width. Only these train.
     """
 
     def __init__(self, encoder: nn.Module, taps: Sequence[str], rein_from: str | None,
-                 rein: ReinConfig | None = None) -> None:
+                 rein: ReinConfig | None = None, placement: str = "blocks") -> None:
         super().__init__()
         units = encoder_units(encoder)
         names = [n for n, _ in units]
@@ -86,19 +103,28 @@ class PyramidEncoder(nn.Module):
         if rein_from is not None and (rein_from not in names or names.index(rein_from) > names.index(taps[-1])):
             raise ValueError(f"PyramidEncoder: rein_from {rein_from!r} must be a unit at or before the deepest tap "
                              f"{taps[-1]!r}; units: {names}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"PyramidEncoder: placement must be one of {PLACEMENTS}, got {placement!r}")
         self.encoder = encoder.requires_grad_(False).eval()
-        self.taps = tuple(taps)
+        self.taps, self.placement, self.rein_from = tuple(taps), placement, rein_from
         units = units[:names.index(taps[-1]) + 1]  # nothing after the deepest tap is ever run
         self.rein_projections = nn.ModuleDict()
         self.rein_tokens = nn.ModuleDict()
-        if rein_from is not None and rein is not None:
-            units, self.rein_projections = inject(units, rein_from, rein, stop=taps[-1])
-            for name, m in units:
-                if isinstance(m, ReinBlock):
-                    self.rein_tokens[name.replace(".", "_")] = m.rein_tokens
+        self.boundary = None  # index of the cut: the first unit whose output is not cached as is
+        if placement == "blocks" and rein_from is not None:
+            self.boundary = names.index(rein_from)
+            if rein is not None:
+                units, self.rein_projections = inject(units, rein_from, rein, stop=taps[-1])
+                for name, m in units:
+                    if isinstance(m, ReinBlock):
+                        self.rein_tokens[_key(name)] = m.rein_tokens
+        elif placement == "levels" and rein_from is not None and rein is not None:
+            modules = dict(units)
+            chosen = [t for t in taps if names.index(t) >= names.index(rein_from)]
+            tokens, self.rein_projections = new_tokens({t: block_width(modules[t]) for t in chosen}, rein)
+            for t in chosen:
+                self.rein_tokens[_key(t)] = tokens[t]
         self._units = units  # a plain list: the encoder and the tokens are registered above
-        self.boundary = None if rein_from is None else names.index(rein_from)  # the cut
-        self.rein_from = rein_from
 
     # -- what is where -------------------------------------------------------------------------
 
@@ -108,15 +134,39 @@ class PyramidEncoder(nn.Module):
 
     @property
     def adapted_units(self) -> list[str]:
-        """Units followed by Rein tokens."""
+        """Units whose output gets tokens (blocks, or tapped levels)."""
+        if self.placement == "levels":
+            return [t for t in self.taps if _key(t) in self.rein_tokens]
         return [n for n, m in self._units if isinstance(m, ReinBlock)]
 
     @property
     def frozen_taps(self) -> list[str]:
-        """Taps computed in the prefix (cached, unchanged by training)."""
+        """Taps computed in the prefix (cached)."""
         if self.boundary is None:
             return list(self.taps)
         return [t for t in self.taps if self.unit_names.index(t) < self.boundary]
+
+    @property
+    def adapted_taps(self) -> list[str]:
+        """Taps that training can change (after tokens)."""
+        if not len(self.rein_tokens):
+            return []
+        if self.placement == "levels":
+            return self.adapted_units
+        return [t for t in self.taps if t not in self.frozen_taps]
+
+    def roles(self) -> list[tuple[str, str]]:
+        """``(unit, role)`` for every unit up to the deepest tap, for printing."""
+        out = []
+        for i, name in enumerate(self.unit_names):
+            cached = self.boundary is None or i <= self.boundary
+            role = "frozen, cached (runs once per image)" if cached else "frozen, runs every step"
+            if name in self.adapted_units:
+                role += " + Rein tokens"
+            if name in self.taps:
+                role += "   <- pyramid level"
+            out.append((name, role))
+        return out
 
     def cache_signature(self) -> str:
         """Names the prefix's outputs (same signature, same cached tensors for the same weights)."""
@@ -157,6 +207,13 @@ class PyramidEncoder(nn.Module):
     def suffix(self, cached: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The pyramid from cached prefix outputs: ``[(B, C_k, H_k, W_k)]`` in ``taps`` order (float32)."""
         maps = {t: cached[t].float() for t in self.frozen_taps}
+        if self.placement == "levels":
+            for t in self.adapted_units:
+                tokens = self.rein_tokens[_key(t)]
+                b, c, hh, ww = maps[t].shape
+                f = maps[t].flatten(2).transpose(1, 2)                                # (B, HW, C)
+                f = tokens(f, self.rein_projections[str(tokens.width)])
+                maps[t] = f.transpose(1, 2).reshape(b, c, hh, ww)                     # (B, C, H, W)
         if self.boundary is not None:
             name, first = self._units[self.boundary]
             h = cached["h"].float()

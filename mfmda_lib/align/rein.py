@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 __all__ = ["ReinConfig", "ReinProjections", "ReinTokens", "ReinBlock", "block_width", "is_block", "inject",
-           "remove", "rein_parameters", "mark_only_rein_trainable"]
+           "new_tokens", "remove", "rein_parameters", "mark_only_rein_trainable"]
 
 PREFIX = "rein_"
 
@@ -182,22 +182,33 @@ def inject(units: Sequence[tuple[str, nn.Module]], start: str, config: ReinConfi
         if value is not None and value not in names:
             raise ValueError(f"rein.inject: unknown {label} unit {value!r}; units are {names}")
     lo, hi = names.index(start), names.index(stop) if stop is not None else len(names) - 1
+    chosen = [(name, m) for i, (name, m) in enumerate(units) if lo <= i <= hi and is_block(name)]
+    if not chosen:
+        raise ValueError(f"rein.inject: no transformer block between {start!r} and {stop or names[-1]!r}")
+    done = [name for name, m in chosen if isinstance(m, ReinBlock)]
+    if done:
+        raise ValueError(f"rein.inject: unit(s) {done} already have Rein tokens")
+    tokens, projections = new_tokens({name: block_width(m) for name, m in chosen}, config)
+    out = [(name, ReinBlock(m, tokens[name], projections[str(tokens[name].width)]) if name in tokens else m)
+           for name, m in units]
+    return out, projections
+
+
+def new_tokens(widths: dict[str, int], config: ReinConfig) -> tuple[dict[str, ReinTokens], nn.ModuleDict]:
+    """Fresh tokens for each named place of width ``d`` and one shared projection per width (seeded).
+
+    Returns:
+        ``({name: ReinTokens}, projections)`` with ``projections`` keyed by ``str(d)``.
+    """
     generator = torch.Generator().manual_seed(config.seed)
-    projections, out = nn.ModuleDict(), []
+    tokens, projections = {}, nn.ModuleDict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # nn.Linear's default init uses the global RNG
-        for i, (name, module) in enumerate(units):
-            if lo <= i <= hi and is_block(name):
-                if isinstance(module, ReinBlock):
-                    raise ValueError(f"rein.inject: unit {name!r} already has Rein tokens")
-                width = block_width(module)
-                if str(width) not in projections:
-                    projections[str(width)] = ReinProjections(width)
-                module = ReinBlock(module, ReinTokens(width, config, generator), projections[str(width)])
-            out.append((name, module))
-    if not any(isinstance(m, ReinBlock) for _, m in out):
-        raise ValueError(f"rein.inject: no transformer block between {start!r} and {stop or names[-1]!r}")
-    return out, projections
+        for name, width in widths.items():
+            if str(width) not in projections:
+                projections[str(width)] = ReinProjections(width)
+            tokens[name] = ReinTokens(width, config, generator)
+    return tokens, projections
 
 
 def remove(units: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:

@@ -47,8 +47,8 @@ __all__ = ["STEPS", "TINYVIT_TAPS", "Stage2Config", "Stage2Model", "build_model"
 STEPS = ("align", "source", "translated")
 
 #: Pyramid levels of LiteMedSAM's TinyViT, shallow to deep (for a 256 px input: 128x128x128,
-#: 64x64x160, 64x64x320, 64x64x320).
-TINYVIT_TAPS = ("layers.1.blocks.1", "layers.2.blocks.5", "layers.3.blocks.0", "layers.3.blocks.1")
+#: 64x64x160, 64x64x160, 64x64x320).
+TINYVIT_TAPS = ("layers.1.blocks.1", "layers.2.blocks.2", "layers.2.blocks.5", "layers.3.blocks.1")
 
 FeatureBank = dict  # name -> (N, ...) float16 CPU tensor: the cached prefix outputs of N images
 
@@ -63,10 +63,12 @@ class Stage2Config:
 
     Attributes:
         taps: encoder units read out as pyramid levels, shallow to deep.
-        rein_from: first unit whose blocks get Rein tokens (up to the deepest tap), and the cut
-            between the cached frozen prefix and the suffix that runs every step. The kit's
-            profiles set it: ``layers.1.blocks.0`` on a GPU (every attention block, as in the
-            paper), the last block(s) only on a CPU. ``None``: everything frozen and cached.
+        rein_from: first unit that gets Rein tokens (``layers.1.blocks.0``: every attention block
+            of TinyViT). ``None``: no tokens, everything frozen and cached.
+        rein_placement: ``"blocks"``: after every block, each change feeding the next blocks (the
+            paper; the kit's ``gpu`` profile); ``"levels"``: on each tapped level only, the frozen
+            blocks seeing unchanged features, so the whole encoder is cached and a step costs
+            only the tokens and the head (the kit's CPU profiles). See :class:`PyramidEncoder`.
         use_rein: ``False``: no tokens, only the head trains (the "no Rein" ablation; same cut).
         rein: size of the tokens.
         head_levels: ``"pyramid"`` (every tap) or ``"last"`` (the deepest tap only, an ablation).
@@ -85,6 +87,7 @@ class Stage2Config:
 
     taps: tuple[str, ...] = TINYVIT_TAPS
     rein_from: str | None = "layers.1.blocks.0"
+    rein_placement: str = "blocks"
     use_rein: bool = True
     rein: ReinConfig = field(default_factory=ReinConfig)
     head_levels: str = "pyramid"
@@ -102,6 +105,8 @@ class Stage2Config:
     def __post_init__(self) -> None:
         if not self.taps:
             raise ValueError("Stage2Config.taps: give at least one encoder unit")
+        if self.rein_placement not in ("blocks", "levels"):
+            raise ValueError(f"Stage2Config.rein_placement must be 'blocks' or 'levels', got {self.rein_placement!r}")
         if self.head_levels not in ("pyramid", "last"):
             raise ValueError(f"Stage2Config.head_levels must be 'pyramid' or 'last', got {self.head_levels!r}")
         bad = [s for s in self.steps if s not in STEPS]
@@ -182,7 +187,8 @@ def build_model(encoder_module: nn.Module, config: Stage2Config, level_shapes: S
         level_shapes: ``(channels, side)`` of each tap (see :func:`level_shapes`).
         out_size: side of the logits.
     """
-    encoder = PyramidEncoder(encoder_module, config.taps, config.rein_from, config.rein if config.use_rein else None)
+    encoder = PyramidEncoder(encoder_module, config.taps, config.rein_from, config.rein if config.use_rein else None,
+                             config.rein_placement)
     head_taps = list(range(len(config.taps))) if config.head_levels == "pyramid" else [len(config.taps) - 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -193,13 +199,13 @@ def build_model(encoder_module: nn.Module, config: Stage2Config, level_shapes: S
 
 def _align_indices(model: Stage2Model, config: Stage2Config) -> list[int]:
     """Indices of the levels entering ``L_align``."""
-    changed = [i for i, t in enumerate(config.taps) if t not in model.encoder.frozen_taps]
+    changed = [config.taps.index(t) for t in model.encoder.adapted_taps]
     if config.align_taps is None:
         return changed
     chosen = [config.taps.index(t) for t in config.align_taps]
     frozen = [config.taps[i] for i in chosen if i not in changed]
     if frozen:
-        raise ValueError(f"Stage2Config.align_taps: {frozen} come before the Rein tokens (rein_from="
+        raise ValueError(f"Stage2Config.align_taps: {frozen} have no Rein tokens before them (rein_from="
                          f"{config.rein_from!r}); aligning a frozen level cannot change anything")
     return chosen
 
