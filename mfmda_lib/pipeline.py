@@ -183,11 +183,20 @@ def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float
                                       "table": table.reset_index().to_dict(orient="records"),
                                       "summary": summary.reset_index().to_dict(orient="records"),
                                       "costs": res.costs})
-    best_baseline = summary.drop(index=[m for m in summary.index if m.startswith("mfmda")], errors="ignore")
+    from .align.experiment import METHODS
+
+    # the unsupervised baselines: not MFM-DA's ablations, not the box-prompted reference row
+    best_baseline = summary.drop(index=[m for m in summary.index if m.startswith("mfmda")
+                                        or (m in METHODS and METHODS[m].kind == "reference")], errors="ignore")
     lines = [f"# MFM-DA pipeline ({profile.name} profile)", "",
              "Stage times (s, as first run): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), "",
              "## Mean target Dice per method", "", format_table(summary), "",
              "## Per target domain", "", format_table(table), ""]
+    src = res.source_table()
+    if len(src) and "source_only" in summary.index:
+        own = src.xs("source_only", level="method")[["disc_dice", "cup_dice"]].mean(axis=1).mean()
+        lines += [f"Source-only: mean Dice {own:.3f} on the source hospital's test images, "
+                  f"{summary.loc['source_only', 'dice']:.3f} on the targets ({summary.loc['source_only', 'dice'] - own:+.3f}).", ""]
     if "mfmda" in summary.index and len(best_baseline):
         gap = summary.loc["mfmda", "dice"] - best_baseline["dice"].max()
         lines += [f"MFM-DA mean target Dice {summary.loc['mfmda', 'dice']:.3f} vs the best baseline "

@@ -271,7 +271,7 @@ SIZES: dict[str, tuple] = {
     "stage2_rein_placement":  ("levels", "levels", "blocks"),
     "stage2_pairs":           (2, 16, 200),
     "stage2_test_per_domain": (2, 16, 100),
-    "stage2_warmup_epochs":   (1, 20, 10),
+    "stage2_warmup_epochs":   (30, 20, 10),
     "stage2_epochs":          (1, 6, 100),
     "stage2_batch_size":      (2, 4, 8),
     # notebook 10 (rows go here)

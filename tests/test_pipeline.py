@@ -27,6 +27,10 @@ class _FakeStage2:
     def table(self):
         return pd.DataFrame(self.rows).groupby(["method", "domain"])[["disc_dice", "cup_dice"]].mean()
 
+    def source_table(self):
+        rows = pd.DataFrame([{"method": "source_only", "domain": "refuge_train", "disc_dice": 0.9, "cup_dice": 0.8}])
+        return rows.groupby(["method", "domain"])[["disc_dice", "cup_dice"]].mean()
+
     def summary(self):
         means = pd.DataFrame(self.rows).groupby("method")[["disc_dice", "cup_dice"]].mean()
         return means.assign(dice=means.mean(axis=1))
@@ -71,7 +75,7 @@ def test_a_killed_run_resumes_at_the_stage_it_died_in(fakes, tmp_path):
     assert any("[source_ddpm] done in an earlier run" in m for m in messages)
     assert result.summary.loc["mfmda", "dice"] > result.summary.loc["source_only", "dice"]
     md = Path(result.files["md"]).read_text()
-    assert "MFM-DA is ahead" in md and Path(result.files["png"]).is_file()
+    assert "MFM-DA is ahead" in md and "0.850 on the source hospital's test images" in md and Path(result.files["png"]).is_file()
     assert Path(result.files["results_json"]).parent == tmp_path / "results"
     # a third run has nothing left to do but reload
     again = pipeline.run_pipeline(config, progress=False, log=lambda m: None)

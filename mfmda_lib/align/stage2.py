@@ -79,6 +79,10 @@ class Stage2Config:
         epochs: passes over the source/translation pairs.
         batch_size: pairs per step (per process).
         lr: AdamW learning rate at the start of the poly decay ``lr (1 - t/T)^0.9``.
+        align_lr: step (1)'s own SGD on the tokens (momentum 0.9, Nesterov, same poly decay; MFM-DA's code
+            uses SGD, lr 1e-3); ``None``: step (1) uses the shared AdamW like steps (2)-(3). SGD's
+            step shrinks with ``L_align``'s gradient; Adam's does not, so with Adam a nearly aligned pair
+            still moves the tokens by about ``lr`` per step, towards features that no longer segment.
         weight_decay: AdamW weight decay.
         dice_weight: weight of the soft Dice term added to BCE (0: the paper's BCE only).
         grad_clip: gradient-norm clip of each step (None: no clipping).
@@ -97,6 +101,7 @@ class Stage2Config:
     epochs: int = 10
     batch_size: int = 4
     lr: float = 1e-2
+    align_lr: float | None = 1e-3
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
     grad_clip: float | None = 1.0
@@ -119,6 +124,8 @@ class Stage2Config:
             raise ValueError(f"Stage2Config.align_taps {self.align_taps} must be a non-empty subset of taps {self.taps}")
         if self.epochs < 1 or self.batch_size < 1 or self.head_width < 1:
             raise ValueError("Stage2Config: epochs, batch_size and head_width must be >= 1")
+        if self.align_lr is not None and self.align_lr <= 0:
+            raise ValueError(f"Stage2Config.align_lr must be > 0 or None, got {self.align_lr}")
         if self.lr <= 0 or self.weight_decay < 0 or self.dice_weight < 0:
             raise ValueError("Stage2Config: lr must be > 0, weight_decay and dice_weight >= 0")
 
@@ -304,8 +311,11 @@ def _poly(lr: float, t: int, total: int, power: float = 0.9) -> float:
     return lr * (1 - min(t, total - 1) / total) ** power
 
 
-def _save(path: Path, model: Stage2Model, optimizer: torch.optim.Optimizer, history: Stage2History) -> None:
+def _save(path: Path, model: Stage2Model, optimizer: torch.optim.Optimizer, history: Stage2History,
+          align_optimizer: torch.optim.Optimizer | None = None) -> None:
     payload = {"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "epochs": history.epochs}
+    if align_optimizer is not None:
+        payload["align_optimizer"] = align_optimizer.state_dict()
     with atomic_write(path) as handle:
         torch.save(payload, handle)
 
@@ -344,6 +354,10 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
 
         accelerator = Accelerator()
     align_idx = _align_indices(model, config) if "align" in config.steps else []
+    align_optimizer = None
+    if align_idx and config.align_lr is not None:  # step (1) with its own SGD on the tokens (the paper's optimizer)
+        tokens = [p for n, p in model.encoder.named_parameters() if p.requires_grad]
+        align_optimizer = torch.optim.SGD(tokens, lr=config.align_lr, momentum=0.9, nesterov=True)
 
     history = Stage2History()
     path = Path(checkpoint) if checkpoint is not None else None
@@ -351,14 +365,20 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_trainable_state(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if align_optimizer is not None and "align_optimizer" in state:
+            align_optimizer.load_state_dict(state["align_optimizer"])
         history.epochs, history.resumed_from = list(state["epochs"]), len(state["epochs"])
-    for group in optimizer.param_groups:
+    optimizers = [optimizer] + ([align_optimizer] if align_optimizer is not None else [])
+    for group in [g for o in optimizers for g in o.param_groups]:
         group.setdefault("initial_lr", group["lr"])
 
     # Only modules with trainable parameters go through prepare (DDP rejects a fully frozen module).
     has_rein = any(p.requires_grad for p in model.encoder.parameters())
     encoder = accelerator.prepare(model.encoder) if has_rein else model.encoder.to(accelerator.device)
     head, optimizer = accelerator.prepare(model.head, optimizer)
+    if align_optimizer is not None:
+        align_optimizer = accelerator.prepare(align_optimizer)
+    optimizers = [optimizer] + ([align_optimizer] if align_optimizer is not None else [])
     params = model.trainable_parameters()
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     per_process = (n // world) if world > 1 else n
@@ -367,12 +387,13 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
     steps_per_epoch = -(-per_process // config.batch_size)
     total = config.epochs * steps_per_epoch
 
-    def step(loss: torch.Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
+    def step(loss: torch.Tensor, opt: torch.optim.Optimizer = optimizer) -> float:
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if config.grad_clip is not None:
             accelerator.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        opt.step()
         return float(loss.detach())
 
     def logits(cached: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -389,7 +410,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         sums = {s: 0.0 for s in config.steps}
         for b in range(steps_per_epoch):
             t = epoch * steps_per_epoch + b
-            for group in optimizer.param_groups:
+            for group in [g for o in optimizers for g in o.param_groups]:
                 group["lr"] = _poly(group["initial_lr"], t, total)
             idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
             src, y = _take(source, idx, device), labels[idx].to(device)
@@ -398,7 +419,8 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
                 levels = encoder(_cat(src, trg))
                 k = len(idx)
                 sums["align"] += step(channel_spatial_alignment([levels[i][:k] for i in align_idx],
-                                                                [levels[i][k:] for i in align_idx]))
+                                                                [levels[i][k:] for i in align_idx]),
+                                      align_optimizer or optimizer)
             if "source" in config.steps:  # (2) BCE (+ Dice) on the source image
                 sums["source"] += step(segmentation_loss(logits(src), y, config.dice_weight))
             if "translated" in config.steps:  # (3) the same on its translation, same label
@@ -410,7 +432,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         if path is not None:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                _save(path, model, optimizer, history)
+                _save(path, model, optimizer, history, align_optimizer)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     model.eval()
