@@ -100,6 +100,7 @@ class Profile:
         stage2_rein_placement: ``blocks``: tokens after every block from stage2_rein_from, as in the
             paper (GPU); ``levels``: tokens on the pyramid levels only, so the whole frozen encoder
             runs once per image and is cached (CPU).
+        stage2_targets: target domains notebook 09 adapts to and scores (``ci``: one, to stay a smoke test).
         stage2_pairs: labelled source images (each paired with its translation) that stage 2 trains on:
             the first of stage 1's translated list.
         stage2_test_per_domain: test images per domain scored in notebook 09.
@@ -171,6 +172,7 @@ class Profile:
     stage1_eval_images: int
     stage2_rein_from: str
     stage2_rein_placement: str
+    stage2_targets: tuple
     stage2_pairs: int
     stage2_test_per_domain: int
     stage2_warmup_epochs: int
@@ -269,6 +271,8 @@ SIZES: dict[str, tuple] = {
     "stage1_eval_images":     (2, 12, 100),
     "stage2_rein_from":       ("layers.1.blocks.0", "layers.1.blocks.0", "layers.1.blocks.0"),
     "stage2_rein_placement":  ("levels", "levels", "blocks"),
+    "stage2_targets":         (("riga_binrushed",), ("refuge_test", "riga_binrushed", "riga_messidor"),
+                               ("refuge_test", "riga_binrushed", "riga_messidor")),
     "stage2_pairs":           (2, 16, 200),
     "stage2_test_per_domain": (2, 16, 100),
     "stage2_warmup_epochs":   (30, 20, 10),
