@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (each creates .venv if missing):
-#   make demo   set up, generate the default synthetic benchmark and run the kit's main job
+#   make demo   set up, generate the default synthetic benchmark and run the kit's main job (mfmda run: the MFM-DA pipeline)
 #   make test   set up and run the unit tests + every notebook and its student version (nbval) in the `ci` profile
 # Teaching material:
 #   make student  write the student version of every notebook (solution cells removed) to build/student/
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/mfmda zero-shot
+	$(BIN)/mfmda run
 
 # The test command (README, CI): unit tests, every notebook end to end, then the student version of every
 # notebook that has exercises (generated first; a notebook without exercises has an identical student
