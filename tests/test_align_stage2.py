@@ -157,3 +157,20 @@ def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
     assert len(masks) == 2 and masks[0][0].shape == (32, 32) and masks[0][0].dtype == bool
     scored = result.masks[("mfmda", "riga_binrushed")]
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(masks, scored))
+
+
+def test_align_step_uses_sgd_whose_move_shrinks_with_the_misalignment():
+    """Step (1) with SGD (align_lr) moves the tokens in proportion to L_align's gradient; Adam by ~lr whatever it is."""
+    def token_move(align_lr):
+        config = _config(steps=("align",), epochs=1, align_lr=align_lr)
+        model, optimizer, source, _, y = _setup(config, tiny_vit())
+        nearly = {k: v * 1.001 for k, v in source.items()}  # a translation that is already almost aligned
+        before = {k: v.clone() for k, v in model.trainable_state().items() if "rein_" in k}
+        train_stage2(model, optimizer, source, y, config, translated=nearly, progress=False)
+        after = model.trainable_state()
+        return max(float((after[k] - v).abs().max()) for k, v in before.items())
+
+    sgd, adam = token_move(1e-3), token_move(None)
+    assert adam > 1e-3 and sgd < 1e-3 * adam
+    with pytest.raises(ValueError, match="align_lr"):
+        _config(align_lr=0.0)
