@@ -107,7 +107,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
     user_images = None
     if config.target_folder:  # validate before any expensive work (or any folder is created)
         user_images, files = read_target_folder(config.target_folder, k, profile.image_size)
-        log(f"target folder {config.target_folder}: using {len(files)} images ({files[0].name} ... {files[-1].name})")
+        log(f"target folder {config.target_folder}: {len(files)} images ({files[0].name} ... {files[-1].name}); "
+            f"stage 1 adapts from the first K = {k}, stage 2 segments all of them")
     run_dir = run_dir_for(config, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh and (run_dir / "state.json").exists():
@@ -122,7 +123,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
            lambda: {"checkpoint": str(load_source_ddpm(profile, accelerator=accelerator, progress=progress)[2])})
 
     if user_images is not None:
-        _run_user_folder(profile, config, user_images, state, result, accelerator, progress, log)
+        _run_user_folder(profile, config, user_images, files, state, result, accelerator, progress, log)
         return result
 
     from .align.experiment import run_stage2, source_samples
@@ -225,10 +226,12 @@ def _summary_figure(summary: pd.DataFrame, profile: Profile):
     return fig
 
 
-def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list[np.ndarray], state: RunState,
+def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list[np.ndarray], files: list[Path],
+                     state: RunState,
                      result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
     """Stage 1 and stage 2 for a folder of unlabeled images: translations and predicted masks, no scores."""
     from .align.experiment import predict_target_masks
+    from .align.experiment import source_samples as stage2_source
     from .diffusion.source import load_source_ddpm
     from .diffusion.stage1 import feature_encoder, run_stage1, source_samples, stage1_config, translate_config
     from .diffusion.ddpm import to_tensor
@@ -242,7 +245,7 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list
         model, ddpm, _ = load_source_ddpm(profile, accelerator=accelerator, progress=progress)
         images = [s.image for s in source]
         encoder = feature_encoder(profile, to_tensor(images, ddpm.image_size), accelerator.device)
-        out = run_stage1(images, user_images, source_model=model, ddpm=ddpm, encoder=encoder, variant="mfmda",
+        out = run_stage1(images, user_images[:profile.stage1_k_target], source_model=model, ddpm=ddpm, encoder=encoder, variant="mfmda",
                          adapt_config=stage1_config(profile), translate_cfg=translate_config(profile),
                          accelerator=accelerator, checkpoint=run_dir / "stage1" / name / "adapt.pt", progress=progress)
         with atomic_write(cache) as handle:
@@ -259,6 +262,8 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list
     translated = [FundusSample(image=img, disc=s.disc, cup=s.cup, domain=s.domain, sample_id=s.sample_id,
                                glaucoma=s.glaucoma, meta={**s.meta, "translated_to": name})
                   for s, img in zip(source, translated_images)]
+    pairs = len(stage2_source(profile))  # stage 2 trains on the first stage2_pairs, as for the benchmark targets
+    source, translated = source[:pairs], translated[:pairs]
 
     def stage2() -> dict:
         masks = predict_target_masks(profile, source, translated, user_images, target_name=name,
@@ -267,7 +272,7 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list
             label = np.zeros(disc.shape, np.uint8)
             label[disc] = 128
             label[cup] = 255
-            save_png(run_dir / "predictions" / name / f"{i:03d}_mask.png", label)
+            save_png(run_dir / "predictions" / name / f"{files[i].stem}_mask.png", label)
         return {"predicted": len(masks)}
 
     _stage(state, "stage2", result.seconds, log, stage2)

@@ -96,7 +96,9 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_target_folder(folder: str | Path, k: int, size: int) -> tuple[list[np.ndarray], list[Path]]:
-    """The first ``k`` images (sorted by name) of a folder of unlabeled target images, as ``(size, size, 3)`` uint8.
+    """Every image (sorted by name) of a folder of unlabeled target images, as ``(size, size, 3)`` uint8.
+
+    Stage 1 adapts from the first ``k``; stage 2 segments all of them.
 
     Raises:
         DataError: the folder is missing, holds fewer than ``k`` images, or an image is unreadable
@@ -109,8 +111,8 @@ def read_target_folder(folder: str | Path, k: int, size: int) -> tuple[list[np.n
     if len(files) < k:
         raise DataError(f"target folder {folder} holds {len(files)} image(s) ({', '.join(IMAGE_SUFFIXES)}); "
                         f"MFM-DA needs at least K = {k} unlabeled target images")
-    images = [_square(read_image(p), size) for p in files[:k]]  # read_image raises DataError naming the file
-    return images, files[:k]
+    images = [_square(read_image(p), size) for p in files]  # read_image raises DataError naming the file
+    return images, files
 
 
 class RunState:
