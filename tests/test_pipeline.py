@@ -104,3 +104,40 @@ def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys, monkeypatch):
     assert "nowhere does not exist" in capsys.readouterr().err
     assert main(["run", "--config", str(tmp_path / "none.toml")]) == 2
     assert not (tmp_path / "results").exists()  # nothing written for a run that could not start
+
+
+def test_a_user_folder_is_adapted_from_k_images_and_every_image_segmented(fakes, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mfmda_lib.data import FundusSample
+    from mfmda_lib.io import read_image, save_png
+
+    k = pipeline.get_profile("ci").stage1_k_target
+    folder = tmp_path / "my_hospital"
+    for i in range(k + 2):
+        save_png(folder / f"eye_{i}.png", np.full((40, 40, 3), 10 * i, np.uint8))
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    sources = [FundusSample(image=np.zeros((32, 32, 3), np.uint8), disc=mask, cup=mask, domain="refuge_train",
+                            sample_id=f"s{i}") for i in range(3)]
+    seen = {}
+
+    def run_stage1(images, targets, **kw):
+        seen["k"] = len(targets)
+        return SimpleNamespace(images=[im + 1 for im in images])
+
+    def predict_target_masks(profile, source, translated, images, **kw):
+        seen["pairs"], seen["segmented"] = (len(source), len(translated)), len(images)
+        return [(np.ones(im.shape[:2], bool), np.zeros(im.shape[:2], bool)) for im in images]
+
+    monkeypatch.setattr(ddpm_source, "load_source_ddpm", lambda p, **kw: (None, SimpleNamespace(image_size=16), None))
+    monkeypatch.setattr(stage1, "source_samples", lambda profile: sources)
+    monkeypatch.setattr(stage1, "feature_encoder", lambda *a: None)
+    monkeypatch.setattr(stage1, "run_stage1", run_stage1)
+    monkeypatch.setattr(align_experiment, "predict_target_masks", predict_target_masks)
+    config = PipelineConfig(profile="ci", target_folder=str(folder), run_dir=str(tmp_path / "run"))
+    result = pipeline.run_pipeline(config, progress=False, log=lambda m: None)
+    assert seen == {"k": k, "pairs": (2, 2), "segmented": k + 2}  # adapt from K, train on stage2_pairs, segment all
+    masks = sorted(p.name for p in result.files["predictions"].iterdir())
+    assert masks == [f"eye_{i}_mask.png" for i in range(k + 2)]
+    assert set(np.unique(read_image(result.files["predictions"] / "eye_0_mask.png"))) == {128}  # disc, no cup
