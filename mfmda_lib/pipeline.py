@@ -184,11 +184,9 @@ def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float
                                       "table": table.reset_index().to_dict(orient="records"),
                                       "summary": summary.reset_index().to_dict(orient="records"),
                                       "costs": res.costs})
-    from .align.experiment import METHODS
+    from .align.experiment import UNSUPERVISED_BASELINES
 
-    # the unsupervised baselines: not MFM-DA's ablations, not the box-prompted reference row
-    best_baseline = summary.drop(index=[m for m in summary.index if m.startswith("mfmda")
-                                        or (m in METHODS and METHODS[m].kind == "reference")], errors="ignore")
+    best_baseline = summary.loc[[m for m in UNSUPERVISED_BASELINES if m in summary.index]]
     lines = [f"# MFM-DA pipeline ({profile.name} profile)", "",
              "Stage times (s, as first run): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), "",
              "## Mean target Dice per method", "", format_table(summary), "",
@@ -227,8 +225,7 @@ def _summary_figure(summary: pd.DataFrame, profile: Profile):
 
 
 def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list[np.ndarray], files: list[Path],
-                     state: RunState,
-                     result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
+                     state: RunState, result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
     """Stage 1 and stage 2 for a folder of unlabeled images: translations and predicted masks, no scores."""
     from .align.experiment import predict_target_masks
     from .align.experiment import source_samples as stage2_source

@@ -59,7 +59,7 @@ from .rein import ReinConfig
 from .stage2 import (FeatureBank, Stage2Config, Stage2History, Stage2Model, build_model, encode_prefix, level_shapes,
                      logits_to_masks, mask_targets, predict_logits, train_stage2)
 
-__all__ = ["Method", "METHODS", "BASELINES", "ABLATIONS", "DEFAULT_METHODS", "METRICS", "stage2_config",
+__all__ = ["Method", "METHODS", "BASELINES", "UNSUPERVISED_BASELINES", "ABLATIONS", "DEFAULT_METHODS", "METRICS", "stage2_config",
            "source_samples", "target_images", "test_samples", "translations", "Stage2Result", "run_stage2",
            "predict_target_masks", "sam_reference_rows"]
 
@@ -123,6 +123,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 BASELINES = ("source_only", "fda", "histogram_matching", "tent", "sam_decoder_adapter", "translation_only",
              "alignment_only")
+#: the baselines MFM-DA must beat: unsupervised, not the box-prompted reference row
+UNSUPERVISED_BASELINES = tuple(m for m in BASELINES if METHODS[m].kind != "reference")
 ABLATIONS = ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last")
 DEFAULT_METHODS = (*BASELINES, "mfmda", *ABLATIONS)
 

@@ -356,7 +356,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
     align_idx = _align_indices(model, config) if "align" in config.steps else []
     align_optimizer = None
     if align_idx and config.align_lr is not None:  # step (1) with its own SGD on the tokens (the paper's optimizer)
-        tokens = [p for n, p in model.encoder.named_parameters() if p.requires_grad]
+        tokens = [p for p in model.encoder.parameters() if p.requires_grad]
         align_optimizer = torch.optim.SGD(tokens, lr=config.align_lr, momentum=0.9, nesterov=True)
 
     history = Stage2History()
@@ -368,9 +368,6 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         if align_optimizer is not None and "align_optimizer" in state:
             align_optimizer.load_state_dict(state["align_optimizer"])
         history.epochs, history.resumed_from = list(state["epochs"]), len(state["epochs"])
-    optimizers = [optimizer] + ([align_optimizer] if align_optimizer is not None else [])
-    for group in [g for o in optimizers for g in o.param_groups]:
-        group.setdefault("initial_lr", group["lr"])
 
     # Only modules with trainable parameters go through prepare (DDP rejects a fully frozen module).
     has_rein = any(p.requires_grad for p in model.encoder.parameters())
@@ -379,6 +376,9 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
     if align_optimizer is not None:
         align_optimizer = accelerator.prepare(align_optimizer)
     optimizers = [optimizer] + ([align_optimizer] if align_optimizer is not None else [])
+    groups = [g for o in optimizers for g in o.param_groups]
+    for group in groups:
+        group.setdefault("initial_lr", group["lr"])
     params = model.trainable_parameters()
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     per_process = (n // world) if world > 1 else n
@@ -410,7 +410,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         sums = {s: 0.0 for s in config.steps}
         for b in range(steps_per_epoch):
             t = epoch * steps_per_epoch + b
-            for group in [g for o in optimizers for g in o.param_groups]:
+            for group in groups:
                 group["lr"] = _poly(group["initial_lr"], t, total)
             idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
             src, y = _take(source, idx, device), labels[idx].to(device)
