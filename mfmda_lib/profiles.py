@@ -64,6 +64,8 @@ class Profile:
         ssl_batch_size: images per self-supervised step.
         ssl_label_draws: draws of labelled images at the smallest label budget (results are averaged).
         ssl_downstream_steps: optimisation steps of each notebook-02 probe / fine-tuning run (whatever the budget).
+        ssl_select_draws: draws of labelled images per candidate when each encoder's fine-tuning learning
+            rate is chosen on validation images (notebook 02).
         finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 03-04).
         # -- notebooks 03-04 (fine-tuning strategies, PEFT): document new fields here --
         ft_train_images: labelled source images that fine-tuning / PEFT runs train on (notebooks 03-04).
@@ -139,6 +141,7 @@ class Profile:
     ssl_batch_size: int
     ssl_label_draws: int
     ssl_downstream_steps: int
+    ssl_select_draws: int
     finetune_epochs: int
     # notebooks 03-04: fine-tuning strategies and PEFT (fields go here)
     ft_train_images: int
@@ -233,11 +236,12 @@ SIZES: dict[str, tuple] = {
     # notebook 02
     "ssl_image_size":     (64, 64, 128),
     "ssl_pool_per_domain": (8, 256, 1000),
-    "ssl_mae_steps":      (8, 2000, 8000),
+    "ssl_mae_steps":      (8, 4000, 8000),
     "ssl_dino_steps":     (4, 500, 4000),
     "ssl_batch_size":     (8, 32, 128),
-    "ssl_label_draws":    (2, 3, 5),
+    "ssl_label_draws":    (2, 5, 5),
     "ssl_downstream_steps": (1, 150, 250),
+    "ssl_select_draws":   (1, 2, 3),
     "finetune_epochs":    (1, 30, 50),
     # notebooks 03-04 (rows go here)
     "ft_train_images":    (2, 6, 160),

@@ -11,8 +11,10 @@ from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
                            budget_subset, camera_jitter, ema_update, evaluate, load_encoder, masked_reconstruction_loss,
                            patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
-                           standardize_images, teacher_entropy, train_downstream, unlabelled_pool, unpatchify,
-                           update_center, verdict, warmup_cosine)
+                           run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy,
+                           train_downstream, unlabelled_pool, unpatchify, update_center, validation_samples, verdict,
+                           warmup_cosine)
+from mfmda_lib.data.synthetic import generate_sample
 from mfmda_lib.ssl.dino import dino_loss
 from mfmda_lib.ssl.downstream import DownstreamConfig, encoder_param_groups
 from mfmda_lib.ssl.experiment import SSLBenchmark, _per_draw
@@ -270,3 +272,49 @@ def test_layer_decay_groups_and_cached_linear_probe():
     probe = train_downstream(enc, "segmentation", "linear_probe", samples, epochs=2, steps_per_epoch=3)
     assert all(torch.equal(before[k], v) for k, v in probe.encoder.state_dict().items())  # frozen, on cached tokens
     assert any(p.grad is not None for p in probe.head.parameters())  # the head trained
+
+
+# ---------------------------------------------------------------------------------------------
+# each encoder's learning rate is chosen on validation images, never on the test split
+# ---------------------------------------------------------------------------------------------
+
+def test_validation_samples_are_their_own_stream():
+    profile = get_profile("ci").replace(image_size=64)
+    val = validation_samples(profile, 2)
+    assert len(val) == 2 * 4 and all("_val_" in s.sample_id for s in val)
+    test = generate_sample(val[0].domain, 0, split="test", size=64, severity=profile.severity, seed=profile.seed)
+    assert not np.array_equal(val[0].image, test.image)
+
+
+def test_select_encoder_lr_gives_each_encoder_its_best_rate(monkeypatch):
+    import mfmda_lib.experiments as experiments_module
+    import mfmda_lib.ssl.experiment as ssl_experiment
+
+    profile = get_profile("ci")
+    best = {"random": 3e-4, "mae": 1e-3}  # the rate at which each fake encoder does best
+    seen = []
+    monkeypatch.setattr(experiments_module, "benchmark_samples", lambda *a, **k: [_sample(i) for i in range(10)])
+
+    def fake_train(encoder, task, protocol, train, *, config, seed, **_):
+        seen.append((task, protocol, seed))
+        return (encoder, config.lr_encoder)
+
+    def fake_evaluate(model, samples, **tags):
+        init, lr = model
+        dice = 0.9 - abs(math.log10(lr) - math.log10(best[init]))
+        return [{**tags, "domain": s.domain, "disc_dice": dice, "cup_dice": dice} for s in samples]
+
+    monkeypatch.setattr(ssl_experiment, "train_downstream", fake_train)
+    monkeypatch.setattr(ssl_experiment, "evaluate", fake_evaluate)
+    target = _sample(0)
+    target.domain = "riga_messidor"
+    validation = [_sample(1), target]  # the source image is left out of the score
+    selection = select_encoder_lr(profile, {"random": "random", "mae": "mae"}, grid=(3e-4, 1e-3), draws=2,
+                                  validation=validation, progress=False)
+    assert selection.best == best
+    assert {init: c.lr_encoder for init, c in selection.configs.items()} == best
+    assert selection.table.loc[("mae", 1e-3), "score"] == pytest.approx(0.9)
+    assert all(task == "segmentation" and protocol == "finetune" for task, protocol, _ in seen)
+    assert min(seed for *_, seed in seen) >= profile.seed + 100  # never the reported draws' seeds
+    with pytest.raises(ValueError, match="no DownstreamConfig"):
+        run_label_budgets(profile, {"random": "random", "mae": "mae"}, config={"random": DownstreamConfig()})

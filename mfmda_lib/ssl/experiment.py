@@ -8,7 +8,8 @@ cosine decay of the learning rate, as both papers do.
 :func:`run_label_budgets` trains every downstream head on each label budget of the source
 hospital's labelled images, from each encoder, with the same recipe for every encoder, and
 scores it on every hospital's test split; the smallest budget is repeated over several draws of
-its few labelled images. :func:`verdict` turns the smallest budget's numbers into sentences.
+its few labelled images. :func:`select_encoder_lr` first gives each encoder its own fine-tuning
+learning rate, chosen on validation images of another random stream, never on the test split. :func:`verdict` turns the smallest budget's numbers into sentences.
 Every size comes from the :class:`~mfmda_lib.profiles.Profile`.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,8 +38,8 @@ from .pool import unlabelled_pool
 from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
 __all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
-           "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "run_label_budgets",
-           "smallest_budget_comparison", "verdict"]
+           "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples",
+           "LRSelection", "select_encoder_lr", "run_label_budgets", "smallest_budget_comparison", "verdict"]
 
 #: Self-supervised methods and their config classes.
 METHODS = {"mae": MAEConfig, "dino": DINOConfig}
@@ -48,6 +49,10 @@ N_SNAPSHOT_IMAGES, N_SNAPSHOTS = 4, 4
 MAE_CROP_SCALE = (0.5, 1.0)
 #: Share of the pretraining steps spent warming the learning rate up linearly from 0.
 WARMUP_FRACTION = 0.05
+#: Encoder learning rates that :func:`select_encoder_lr` tries for each encoder before fine-tuning.
+ENCODER_LR_GRID: tuple[float, ...] = (3e-4, 1e-3)
+#: Selection draws use seeds ``profile.seed + SELECTION_SEED_OFFSET + d``: never the seeds of the reported draws.
+SELECTION_SEED_OFFSET = 100
 
 
 def vit_config(profile: Profile) -> ViTConfig:
@@ -250,9 +255,89 @@ def _gain(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
     return pd.DataFrame(out).set_index(["protocol", "budget", "init"])
 
 
+# ---------------------------------------------------------------------------------------------
+# choosing each encoder's fine-tuning learning rate on validation images
+# ---------------------------------------------------------------------------------------------
+
+def validation_samples(profile: Profile, n_per_domain: int | None = None) -> list:
+    """Labelled images of every hospital for model selection: the generator's ``val`` stream.
+
+    An independent random stream of the synthetic generator (:func:`~mfmda_lib.data.synthetic.generate_sample`
+    with ``split="val"``): never in the unlabelled pool (``train``), the labelled source images (``train``)
+    or the reported scores (``test``). ``n_per_domain`` defaults to ``profile.eval_per_domain``.
+    """
+    from ..data import DOMAINS
+    from ..data.synthetic import generate_sample
+
+    n = profile.eval_per_domain if n_per_domain is None else n_per_domain
+    return [generate_sample(d, i, split="val", size=profile.image_size, severity=profile.severity, seed=profile.seed)
+            for d in DOMAINS for i in range(n)]
+
+
+@dataclass
+class LRSelection:
+    """Outcome of :func:`select_encoder_lr`.
+
+    Attributes:
+        table: one row per (init, lr_encoder): validation disc and cup Dice (target hospitals' mean, over the
+            selection draws) and ``score``, their mean, which decides.
+        best: the chosen ``lr_encoder`` of each init.
+        configs: one :class:`DownstreamConfig` per init, the base config with the chosen ``lr_encoder``.
+    """
+
+    table: pd.DataFrame
+    best: dict[str, float]
+    configs: dict[str, DownstreamConfig]
+
+
+def select_encoder_lr(profile: Profile, encoders: dict[str, ViTEncoder], *, grid: Sequence[float] = ENCODER_LR_GRID,
+                      config: DownstreamConfig | None = None, draws: int | None = None,
+                      validation: Sequence | None = None, progress: bool = True) -> LRSelection:
+    """Each encoder's own fine-tuning learning rate, chosen on validation images, never on the test split.
+
+    A pretrained encoder and a random one need not want the same step size (a random encoder has
+    everything to learn; a pretrained one can be pushed off what it knows), so a fair comparison
+    gives each its best. For every encoder and every ``lr_encoder`` in ``grid``, fine-tune the
+    segmentation head at the smallest label budget on ``draws`` (default ``profile.ssl_select_draws``)
+    draws of labelled source images, seeded apart from the reported draws, and score disc and cup
+    Dice on ``validation`` (default :func:`validation_samples`) of the target hospitals. The
+    highest mean Dice wins; the chosen rate is then used for both tasks.
+
+    Note that this selection reads *labelled target-hospital* validation images, which a real
+    deployment may not have ("oracle" selection in DomainBed's terms); it is the same for every encoder.
+    """
+    from tqdm.auto import tqdm
+
+    from ..experiments import benchmark_samples
+
+    config = config or DownstreamConfig()
+    draws = profile.ssl_select_draws if draws is None else draws
+    validation = list(validation) if validation is not None else validation_samples(profile)
+    source = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
+    steps_per_epoch = math.ceil(len(source) / config.batch_size)
+    epochs = math.ceil(profile.ssl_downstream_steps / steps_per_epoch)
+    runs = [(init, lr, d) for init in encoders for lr in grid for d in range(draws)]
+    rows = []
+    for init, lr, draw in tqdm(runs, desc="learning-rate selection", disable=not progress):
+        seed = profile.seed + SELECTION_SEED_OFFSET + draw
+        train = budget_subset(source, min(LABEL_BUDGETS), min_images=config.min_images, seed=seed)
+        run_config = replace(config, lr_encoder=lr)
+        model = train_downstream(encoders[init], "segmentation", "finetune", train, epochs=epochs,
+                                 steps_per_epoch=steps_per_epoch, config=run_config, seed=seed)
+        rows += [r for r in evaluate(model, validation, init=init, lr_encoder=lr, draw=draw)
+                 if r["domain"] != SOURCE_DOMAIN]
+    df = pd.DataFrame(rows)
+    table = (df.groupby(["init", "lr_encoder", "draw", "domain"])[["disc_dice", "cup_dice"]].mean()
+             .groupby(["init", "lr_encoder"]).mean())  # per draw and hospital, then averaged
+    table["score"] = table[["disc_dice", "cup_dice"]].mean(axis=1)
+    best = {init: float(table.loc[init, "score"].idxmax()) for init in encoders}
+    return LRSelection(table, best, {init: replace(config, lr_encoder=lr) for init, lr in best.items()})
+
+
 def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
                       budgets: Sequence[float] = LABEL_BUDGETS, tasks: Sequence[str] = TASKS,
-                      protocols: Sequence[str] = PROTOCOLS, config: DownstreamConfig | None = None,
+                      protocols: Sequence[str] = PROTOCOLS,
+                      config: DownstreamConfig | dict[str, DownstreamConfig] | None = None,
                       draws: int | None = None, progress: bool = True) -> SSLBenchmark:
     """Train and score every (task, protocol, encoder, budget) on the profile's benchmark.
 
@@ -261,8 +346,8 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     on ``draws`` (default ``profile.ssl_label_draws``) independent draws of its images, each with
     its own training seed and the same draw for every encoder; larger budgets on one. Every run
     takes ``ssl_downstream_steps`` steps, so budgets differ in labels, not compute, and every
-    encoder gets the same recipe
-    (:class:`~mfmda_lib.ssl.downstream.DownstreamConfig`). Test: the first ``eval_per_domain``
+    encoder gets the same recipe (:class:`~mfmda_lib.ssl.downstream.DownstreamConfig`), or, with a
+    dict ``config`` (``init -> config``, e.g. :attr:`LRSelection.configs`), its own. Test: the first ``eval_per_domain``
     test images of every hospital. ``encoders`` must include ``"random"``.
     """
     from tqdm.auto import tqdm
@@ -271,7 +356,14 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
 
     if "random" not in encoders:
         raise ValueError("run_label_budgets: pass a randomly initialised encoder as encoders['random'] (the baseline)")
-    config = config or DownstreamConfig()
+    configs = config if isinstance(config, dict) else {init: config or DownstreamConfig() for init in encoders}
+    missing = set(encoders) - set(configs)
+    if missing:
+        raise ValueError(f"run_label_budgets: no DownstreamConfig for encoder(s) {sorted(missing)}")
+    config = configs["random"]  # batch size and minimum images: shared by every encoder
+    if any((c.batch_size, c.min_images) != (config.batch_size, config.min_images) for c in configs.values()):
+        raise ValueError("run_label_budgets: every encoder's config must share batch_size and min_images "
+                         "(the same labelled images and steps for all)")
     draws = profile.ssl_label_draws if draws is None else draws
     if draws < 1:
         raise ValueError(f"run_label_budgets: draws must be >= 1, got {draws}")
@@ -286,7 +378,7 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
         seed = profile.seed + draw
         train = budget_subset(source, budget, min_images=config.min_images, seed=seed)
         model = train_downstream(encoders[init], task, protocol, train, epochs=epochs,
-                                 steps_per_epoch=steps_per_epoch, config=config, seed=seed)
+                                 steps_per_epoch=steps_per_epoch, config=configs[init], seed=seed)
         rows += evaluate(model, test, task=task, protocol=protocol, init=init, budget=budget, draw=draw,
                          n_labels=len(train))
     per_draw = _per_draw(rows)
@@ -294,7 +386,8 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     meta = {"n_source_labels": len(source), "n_test_per_domain": profile.eval_per_domain,
             "budgets": list(budgets), "draws_at_smallest_budget": draws,
             "steps_per_run": epochs * steps_per_epoch,
-            "downstream_config": asdict(config), "seconds": round(time.perf_counter() - start, 1)}
+            "downstream_config": asdict(config),
+            "lr_encoder": {init: configs[init].lr_encoder for init in encoders}, "seconds": round(time.perf_counter() - start, 1)}
     return SSLBenchmark(rows, per_draw, table, _gain(table), meta)
 
 
