@@ -11,7 +11,7 @@ from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
                            budget_subset, camera_jitter, ema_update, evaluate, load_encoder, masked_reconstruction_loss,
                            patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
-                           run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy,
+                           run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy, trainable_share,
                            train_downstream, unlabelled_pool, unpatchify, update_center, validation_samples, verdict,
                            warmup_cosine)
 from mfmda_lib.data.synthetic import generate_sample
@@ -318,3 +318,21 @@ def test_select_encoder_lr_gives_each_encoder_its_best_rate(monkeypatch):
     assert min(seed for *_, seed in seen) >= profile.seed + 100  # never the reported draws' seeds
     with pytest.raises(ValueError, match="no DownstreamConfig"):
         run_label_budgets(profile, {"random": "random", "mae": "mae"}, config={"random": DownstreamConfig()})
+
+
+def test_lora_protocol_trains_only_low_rank_factors_and_the_head():
+    enc = ViTEncoder(ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2))
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    samples = [_sample(i, 32) for i in range(4)]
+    model = train_downstream(enc, "segmentation", "lora", samples, epochs=2, steps_per_epoch=3,
+                             config=DownstreamConfig(lora_rank=2))
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())  # the caller's encoder untouched
+    state = model.encoder.state_dict()
+    lora = {k: v for k, v in state.items() if "lora_" in k}
+    assert len(lora) == 2 * 2 and all(v.shape[0] == 2 or v.shape[1] == 2 for v in lora.values())  # A, B per block
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at 0: it trained
+    base = {k.replace(".base_layer", ""): v for k, v in state.items() if "lora_" not in k}
+    assert all(torch.equal(base[k], v) for k, v in before.items())  # frozen base weights
+    n_lora, share = trainable_share(enc, "segmentation", "lora", lora_rank=2)
+    n_full, full = trainable_share(enc, "segmentation", "finetune")
+    assert full == 1.0 and n_lora < n_full and share < 0.5

@@ -13,8 +13,8 @@ Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretra
 ``train_downstream``, ``evaluate``, ``select_encoder_lr``, ``run_label_budgets``, ``verdict``.
 """
 from .dino import DINO, DINOConfig, camera_jitter, dino_loss, ema_update, teacher_entropy, two_views, update_center
-from .downstream import (LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
-                         budget_subset, evaluate, train_downstream)
+from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
+                         budget_subset, evaluate, train_downstream, trainable_share)
 from .experiment import (ENCODER_LR_GRID, METHODS, TASK_SCORES, LRSelection, SSLBenchmark, pretrained_encoder,
                          pretraining_steps, run_label_budgets, select_encoder_lr, smallest_budget_comparison, to_uint8,
                          validation_samples, verdict, vit_config, warmup_cosine)
@@ -27,7 +27,7 @@ __all__ = [
     "MAEConfig", "MAE", "random_masking", "masked_reconstruction_loss",
     "DINOConfig", "DINO", "two_views", "camera_jitter", "ema_update", "update_center", "dino_loss", "teacher_entropy",
     "LABEL_BUDGETS", "DownstreamConfig", "DownstreamModel", "VCDRHead", "SegmentationHead", "budget_subset",
-    "train_downstream", "evaluate",
+    "train_downstream", "evaluate", "ALL_PROTOCOLS", "trainable_share",
     "unlabelled_pool", "pool_domains",
     "METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
     "ENCODER_LR_GRID", "LRSelection", "validation_samples", "select_encoder_lr",

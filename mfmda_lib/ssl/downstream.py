@@ -7,7 +7,8 @@ Two tasks, two protocols, one label-budget knob:
   disc and cup logits with a light decoder on the patch tokens (one linear layer per token to
   its ``p x p`` pixels, as in SETR-naive, then a 3 x 3 convolution to smooth patch seams).
 * **protocols**: ``"linear_probe"`` freezes the encoder and trains the head only;
-  ``"finetune"`` trains both, the encoder with a smaller learning rate.
+  ``"finetune"`` trains both, the encoder with a smaller learning rate; ``"lora"`` (notebook 04)
+  freezes the encoder and trains low-rank updates of its attention projections (``peft``) and the head.
 * **label budget**: a fraction of the labelled source training images (:data:`LABEL_BUDGETS`).
   Every run takes the same number of optimisation steps, whatever its budget, so a budget
   changes the labels seen, not the compute.
@@ -31,13 +32,15 @@ from ..data.sample import GLAUCOMA_SUSPECT_VCDR, FundusSample
 from ..train import FitConfig, fit
 from .vit import ViTEncoder, unpatchify
 
-__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "DownstreamConfig", "VCDRHead", "SegmentationHead",
+__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "ALL_PROTOCOLS", "DownstreamConfig", "trainable_share", "VCDRHead", "SegmentationHead",
            "DownstreamModel", "budget_subset", "encoder_param_groups", "train_downstream", "evaluate"]
 
 #: Fractions of the labelled source training images given to each downstream run.
 LABEL_BUDGETS: tuple[float, ...] = (0.1, 0.3, 1.0)
 TASKS = ("vcdr", "segmentation")
+#: Notebook 02's protocols; :data:`ALL_PROTOCOLS` adds notebook 04's LoRA on the same encoder.
 PROTOCOLS = ("linear_probe", "finetune")
+ALL_PROTOCOLS = PROTOCOLS + ("lora",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +60,9 @@ class DownstreamConfig:
             (1.0: every encoder layer at ``lr_encoder``).
         weight_decay: AdamW weight decay.
         min_images: a budget never gives fewer images than this.
+        lora_rank: rank ``r`` of the ``"lora"`` protocol's updates ``B A`` of each block's ``qkv`` projection
+            (scaled by ``alpha / r`` with ``alpha = 2 r``).
+        lr_lora: AdamW learning rate of the LoRA factors (higher than full fine-tuning's, as usual for LoRA).
     """
 
     batch_size: int = 8
@@ -65,11 +71,13 @@ class DownstreamConfig:
     layer_decay: float = 1.0
     weight_decay: float = 0.01
     min_images: int = 2
+    lora_rank: int = 8
+    lr_lora: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.min_images < 1:
-            raise ValueError("batch_size and min_images must be >= 1")
-        if self.lr_head <= 0 or self.lr_encoder <= 0:
+        if self.batch_size < 1 or self.min_images < 1 or self.lora_rank < 1:
+            raise ValueError("batch_size, min_images and lora_rank must be >= 1")
+        if self.lr_head <= 0 or self.lr_encoder <= 0 or self.lr_lora <= 0:
             raise ValueError("learning rates must be > 0")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
@@ -110,16 +118,23 @@ class SegmentationHead(nn.Module):
 
 
 class DownstreamModel(nn.Module):
-    """An encoder with a task head; the encoder is frozen for a linear probe."""
+    """An encoder with a task head; the encoder is frozen for a linear probe and, apart from its LoRA
+    factors (injected into ``encoder`` in place), for ``"lora"``."""
 
-    def __init__(self, encoder: ViTEncoder, task: str, protocol: str) -> None:
+    def __init__(self, encoder: ViTEncoder, task: str, protocol: str, lora_rank: int = 8) -> None:
         super().__init__()
-        if task not in TASKS or protocol not in PROTOCOLS:
-            raise ValueError(f"task must be one of {TASKS} and protocol one of {PROTOCOLS}, got {task!r}, {protocol!r}")
+        if task not in TASKS or protocol not in ALL_PROTOCOLS:
+            raise ValueError(f"task must be one of {TASKS} and protocol one of {ALL_PROTOCOLS}, "
+                             f"got {task!r}, {protocol!r}")
         self.encoder, self.task, self.protocol = encoder, task, protocol
         cfg = encoder.config
         self.head = VCDRHead(cfg.dim) if task == "vcdr" else SegmentationHead(cfg.dim, cfg.patch_size)
         self.encoder.requires_grad_(protocol == "finetune")
+        if protocol == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=["qkv"]),
+                                    self.encoder)  # only the new lora_A / lora_B factors train
 
     def train(self, mode: bool = True) -> "DownstreamModel":
         super().train(mode)
@@ -199,7 +214,7 @@ def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Seque
     """
     config = config or DownstreamConfig()
     torch.manual_seed(seed)
-    model = DownstreamModel(copy.deepcopy(encoder), task, protocol)
+    model = DownstreamModel(copy.deepcopy(encoder), task, protocol, lora_rank=config.lora_rank)
     x, masks, vcdr = task_tensors(train, encoder.config.image_size)
     g = torch.Generator().manual_seed(seed)
     cached = None
@@ -231,9 +246,18 @@ def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Seque
     groups = [{"params": list(model.head.parameters()), "lr": config.lr_head}]
     if protocol == "finetune":
         groups += encoder_param_groups(model.encoder, config.lr_encoder, config.layer_decay)
+    elif protocol == "lora":
+        groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": config.lr_lora})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs), desc=f"{task} {protocol}", progress=progress)
     return model.eval()
+
+
+def trainable_share(encoder: ViTEncoder, task: str, protocol: str, lora_rank: int = 8) -> tuple[int, float]:
+    """``(trainable parameters, their share of the model's)`` of a run: encoder (with any LoRA factors) + head."""
+    model = DownstreamModel(copy.deepcopy(encoder), task, protocol, lora_rank=lora_rank)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return n_train, n_train / sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
