@@ -32,8 +32,9 @@ from ..data.sample import GLAUCOMA_SUSPECT_VCDR, FundusSample
 from ..train import FitConfig, fit
 from .vit import ViTEncoder, unpatchify
 
-__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "ALL_PROTOCOLS", "DownstreamConfig", "trainable_share", "VCDRHead", "SegmentationHead",
-           "DownstreamModel", "budget_subset", "encoder_param_groups", "train_downstream", "evaluate"]
+__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "ALL_PROTOCOLS", "DownstreamConfig", "VCDRHead", "SegmentationHead",
+           "DownstreamModel", "budget_subset", "encoder_param_groups", "train_downstream", "trainable_share",
+           "evaluate"]
 
 #: Fractions of the labelled source training images given to each downstream run.
 LABEL_BUDGETS: tuple[float, ...] = (0.1, 0.3, 1.0)
@@ -201,7 +202,7 @@ def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Seque
     Args:
         encoder: left untouched; the run trains a deep copy.
         task: ``"vcdr"`` or ``"segmentation"``.
-        protocol: ``"linear_probe"`` or ``"finetune"``.
+        protocol: ``"linear_probe"``, ``"finetune"`` or ``"lora"``.
         train: the labelled images of this budget.
         epochs, steps_per_epoch: the run takes ``epochs * steps_per_epoch`` steps of ``batch_size``
             images drawn with replacement from ``train`` (horizontal flips as augmentation).

@@ -9,7 +9,8 @@ cosine decay of the learning rate, as both papers do.
 hospital's labelled images, from each encoder, with the same recipe for every encoder, and
 scores it on every hospital's test split; the smallest budget is repeated over several draws of
 its few labelled images. :func:`select_encoder_lr` first gives each encoder its own fine-tuning
-learning rate, chosen on validation images of another random stream, never on the test split. :func:`verdict` turns the smallest budget's numbers into sentences.
+learning rate, chosen on validation images of another random stream, never on the test split.
+:func:`verdict` turns the smallest budget's numbers into sentences.
 Every size comes from the :class:`~mfmda_lib.profiles.Profile`.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 
 from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD
-from ..data import SOURCE_DOMAIN
+from ..data import SOURCE_DOMAIN, FundusSample
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
 from .dino import DINO, DINOConfig, random_view
@@ -259,7 +260,17 @@ def _gain(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
 # choosing each encoder's fine-tuning learning rate on validation images
 # ---------------------------------------------------------------------------------------------
 
-def validation_samples(profile: Profile, n_per_domain: int | None = None) -> list:
+def _labelled_source(profile: Profile, config: DownstreamConfig) -> tuple[list[FundusSample], int, int]:
+    """The source hospital's labelled ``train`` images and the ``(epochs, steps_per_epoch)`` of every run:
+    an "epoch" is one pass over the full labelled set, and every run takes ``ssl_downstream_steps`` steps."""
+    from ..experiments import benchmark_samples
+
+    source = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
+    steps_per_epoch = math.ceil(len(source) / config.batch_size)
+    return source, math.ceil(profile.ssl_downstream_steps / steps_per_epoch), steps_per_epoch
+
+
+def validation_samples(profile: Profile, n_per_domain: int | None = None) -> list[FundusSample]:
     """Labelled images of every hospital for model selection: the generator's ``val`` stream.
 
     An independent random stream of the synthetic generator (:func:`~mfmda_lib.data.synthetic.generate_sample`
@@ -308,14 +319,10 @@ def select_encoder_lr(profile: Profile, encoders: dict[str, ViTEncoder], *, grid
     """
     from tqdm.auto import tqdm
 
-    from ..experiments import benchmark_samples
-
     config = config or DownstreamConfig()
     draws = profile.ssl_select_draws if draws is None else draws
     validation = list(validation) if validation is not None else validation_samples(profile)
-    source = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
-    steps_per_epoch = math.ceil(len(source) / config.batch_size)
-    epochs = math.ceil(profile.ssl_downstream_steps / steps_per_epoch)
+    source, epochs, steps_per_epoch = _labelled_source(profile, config)
     runs = [(init, lr, d) for init in encoders for lr in grid for d in range(draws)]
     rows = []
     for init, lr, draw in tqdm(runs, desc="learning-rate selection", disable=not progress):
@@ -347,8 +354,8 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     its own training seed and the same draw for every encoder; larger budgets on one. Every run
     takes ``ssl_downstream_steps`` steps, so budgets differ in labels, not compute, and every
     encoder gets the same recipe (:class:`~mfmda_lib.ssl.downstream.DownstreamConfig`), or, with a
-    dict ``config`` (``init -> config``, e.g. :attr:`LRSelection.configs`), its own. Test: the first ``eval_per_domain``
-    test images of every hospital. ``encoders`` must include ``"random"``.
+    dict ``config`` (``init -> config``, e.g. :attr:`LRSelection.configs`), its own. Test: the first
+    ``eval_per_domain`` test images of every hospital. ``encoders`` must include ``"random"``.
     """
     from tqdm.auto import tqdm
 
@@ -367,10 +374,8 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     draws = profile.ssl_label_draws if draws is None else draws
     if draws < 1:
         raise ValueError(f"run_label_budgets: draws must be >= 1, got {draws}")
-    source = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
+    source, epochs, steps_per_epoch = _labelled_source(profile, config)
     test = benchmark_samples(profile, "test", profile.eval_per_domain)
-    steps_per_epoch = math.ceil(len(source) / config.batch_size)  # an "epoch" of the full labelled set
-    epochs = math.ceil(profile.ssl_downstream_steps / steps_per_epoch)
     runs = [(t, p, i, b, d) for t in tasks for p in protocols for i in encoders for b in budgets
             for d in range(draws if b == min(budgets) else 1)]
     rows, start = [], time.perf_counter()
@@ -386,8 +391,8 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     meta = {"n_source_labels": len(source), "n_test_per_domain": profile.eval_per_domain,
             "budgets": list(budgets), "draws_at_smallest_budget": draws,
             "steps_per_run": epochs * steps_per_epoch,
-            "downstream_config": asdict(config),
-            "lr_encoder": {init: configs[init].lr_encoder for init in encoders}, "seconds": round(time.perf_counter() - start, 1)}
+            "downstream_config": asdict(config), "lr_encoder": {init: configs[init].lr_encoder for init in encoders},
+            "seconds": round(time.perf_counter() - start, 1)}
     return SSLBenchmark(rows, per_draw, table, _gain(table), meta)
 
 
