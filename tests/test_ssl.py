@@ -9,7 +9,8 @@ import torch
 from mfmda_lib.data import FundusSample
 from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
-                           budget_subset, camera_jitter, ema_update, evaluate, load_encoder, masked_reconstruction_loss,
+                           budget_subset, camera_jitter, ema_update, evaluate, label_mean_vcdr, load_encoder,
+                           masked_reconstruction_loss,
                            patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
                            run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy, trainable_share,
                            train_downstream, unlabelled_pool, unpatchify, update_center, validation_samples, verdict,
@@ -318,6 +319,41 @@ def test_select_encoder_lr_gives_each_encoder_its_best_rate(monkeypatch):
     assert min(seed for *_, seed in seen) >= profile.seed + 100  # never the reported draws' seeds
     with pytest.raises(ValueError, match="no DownstreamConfig"):
         run_label_budgets(profile, {"random": "random", "mae": "mae"}, config={"random": DownstreamConfig()})
+
+
+def test_label_mean_vcdr_uses_the_reported_draws_and_scores_per_hospital(monkeypatch):
+    import mfmda_lib.experiments as experiments_module
+    import mfmda_lib.ssl.experiment as ssl_experiment
+
+    profile = get_profile("ci").replace(ssl_label_draws=2)
+    source = [_sample(i) for i in range(10)]
+    test = [_sample(0), _sample(1), _sample(2), _sample(7)]
+    test[2].domain = test[3].domain = "riga_messidor"
+    monkeypatch.setattr(experiments_module, "benchmark_samples",
+                        lambda profile, split, *a, **k: source if split == "train" else test)
+    trained_on = []
+
+    def fake_train(encoder, task, protocol, train, **_):
+        trained_on.append([s.sample_id for s in train])
+        return None
+
+    def fake_evaluate(model, samples, **tags):
+        return [{**tags, "domain": "refuge_train", "vcdr_abs_err": 0.1, "vcdr_pred": 0.5, "suspect": 0}]
+
+    monkeypatch.setattr(ssl_experiment, "train_downstream", fake_train)
+    monkeypatch.setattr(ssl_experiment, "evaluate", fake_evaluate)
+    run_label_budgets(profile, {"random": None, "mae": None}, budgets=(min(LABEL_BUDGETS),), tasks=("vcdr",),
+                      protocols=("finetune",), progress=False)
+    baseline = label_mean_vcdr(profile)
+    assert list(baseline.index) == [0, 1] and trained_on[:2] == trained_on[2:]  # random's draws, then mae's
+    for draw, ids in enumerate(trained_on[:2]):  # the constant is the mean of the very images the heads trained on
+        constant = np.mean([source[int(i)].vcdr for i in ids])
+        assert baseline.loc[draw, "label_mean"] == pytest.approx(constant)
+        source_err = np.mean([abs(s.vcdr - constant) for s in test[:2]])
+        target_err = np.mean([abs(s.vcdr - constant) for s in test[2:]])
+        assert baseline.loc[draw, "source_vcdr_abs_err"] == pytest.approx(source_err)
+        assert baseline.loc[draw, "target_vcdr_abs_err"] == pytest.approx(target_err)
+    assert trained_on[0] != trained_on[1]  # two draws, two different sets of labelled images
 
 
 def test_lora_protocol_trains_only_low_rank_factors_and_the_head():

@@ -10,13 +10,14 @@ fine-tuning; vCDR / glaucoma suspect and disc/cup segmentation), and :mod:`.expe
 all for a profile, caching the pretrained weights for later notebooks.
 
 Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretrain),
-``train_downstream``, ``evaluate``, ``select_encoder_lr``, ``run_label_budgets``, ``verdict``.
+``train_downstream``, ``evaluate``, ``select_encoder_lr``, ``run_label_budgets``, ``label_mean_vcdr``,
+``verdict``.
 """
 from .dino import DINO, DINOConfig, camera_jitter, dino_loss, ema_update, teacher_entropy, two_views, update_center
 from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
                          budget_subset, evaluate, train_downstream, trainable_share)
 from .experiment import (ENCODER_LR_GRID, METHODS, TASK_SCORES, LRSelection, SSLBenchmark, pretrained_encoder,
-                         pretraining_steps, run_label_budgets, select_encoder_lr, smallest_budget_comparison, to_uint8,
+                         label_mean_vcdr, pretraining_steps, run_label_budgets, select_encoder_lr, smallest_budget_comparison, to_uint8,
                          validation_samples, verdict, vit_config, warmup_cosine)
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
 from .pool import pool_domains, unlabelled_pool
@@ -31,5 +32,5 @@ __all__ = [
     "unlabelled_pool", "pool_domains",
     "METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
     "ENCODER_LR_GRID", "LRSelection", "validation_samples", "select_encoder_lr",
-    "run_label_budgets", "smallest_budget_comparison", "verdict", "to_uint8", "vit_config",
+    "run_label_budgets", "label_mean_vcdr", "smallest_budget_comparison", "verdict", "to_uint8", "vit_config",
 ]

@@ -10,7 +10,8 @@ hospital's labelled images, from each encoder, with the same recipe for every en
 scores it on every hospital's test split; the smallest budget is repeated over several draws of
 its few labelled images. :func:`select_encoder_lr` first gives each encoder its own fine-tuning
 learning rate, chosen on validation images of another random stream, never on the test split.
-:func:`verdict` turns the smallest budget's numbers into sentences.
+:func:`verdict` turns the smallest budget's numbers into sentences; :func:`label_mean_vcdr` is the
+constant predictor that every vCDR head must beat.
 Every size comes from the :class:`~mfmda_lib.profiles.Profile`.
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
 __all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
            "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples",
-           "LRSelection", "select_encoder_lr", "run_label_budgets", "smallest_budget_comparison", "verdict"]
+           "LRSelection", "select_encoder_lr", "run_label_budgets", "label_mean_vcdr", "smallest_budget_comparison",
+           "verdict"]
 
 #: Self-supervised methods and their config classes.
 METHODS = {"mae": MAEConfig, "dino": DINOConfig}
@@ -394,6 +396,36 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
             "downstream_config": asdict(config), "lr_encoder": {init: configs[init].lr_encoder for init in encoders},
             "seconds": round(time.perf_counter() - start, 1)}
     return SSLBenchmark(rows, per_draw, table, _gain(table), meta)
+
+
+def label_mean_vcdr(profile: Profile, *, draws: int | None = None, config: DownstreamConfig | None = None
+                    ) -> pd.DataFrame:
+    """The vCDR error of predicting one constant, the mean vCDR of the labelled images, at the smallest budget.
+
+    No encoder, no training: the reference any vCDR head must beat to have learned something from
+    its images. Same draws of labelled source images (seeds ``profile.seed + d``) and the same test
+    images as :func:`run_label_budgets`. A constant ranks no one, so it has no AUROC.
+
+    Returns:
+        One row per draw: ``label_mean`` (the constant), ``source_vcdr_abs_err`` and
+        ``target_vcdr_abs_err`` (macro-averaged over hospitals, as in :class:`SSLBenchmark`).
+    """
+    from ..experiments import benchmark_samples
+
+    config = config or DownstreamConfig()
+    draws = profile.ssl_label_draws if draws is None else draws
+    source, _, _ = _labelled_source(profile, config)
+    test = benchmark_samples(profile, "test", profile.eval_per_domain)
+    out = []
+    for draw in range(draws):
+        train = budget_subset(source, min(LABEL_BUDGETS), min_images=config.min_images, seed=profile.seed + draw)
+        constant = float(np.mean([s.vcdr for s in train]))
+        err = pd.DataFrame({"domain": [s.domain for s in test], "err": [abs(s.vcdr - constant) for s in test]})
+        per_domain = err.groupby("domain")["err"].mean()
+        target = per_domain.drop(SOURCE_DOMAIN)
+        out.append({"draw": draw, "label_mean": constant, "source_vcdr_abs_err": float(per_domain[SOURCE_DOMAIN]),
+                    "target_vcdr_abs_err": float(target.mean())})
+    return pd.DataFrame(out).set_index("draw")
 
 
 # ---------------------------------------------------------------------------------------------
