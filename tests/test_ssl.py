@@ -10,8 +10,7 @@ from mfmda_lib.data import FundusSample
 from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
                            budget_subset, camera_jitter, ema_update, evaluate, label_mean_vcdr, load_encoder,
-                           masked_reconstruction_loss,
-                           patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
+                           masked_reconstruction_loss, patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
                            run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy, trainable_share,
                            train_downstream, unlabelled_pool, unpatchify, update_center, validation_samples, verdict,
                            warmup_cosine)

@@ -16,9 +16,9 @@ Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretra
 from .dino import DINO, DINOConfig, camera_jitter, dino_loss, ema_update, teacher_entropy, two_views, update_center
 from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
                          budget_subset, evaluate, train_downstream, trainable_share)
-from .experiment import (ENCODER_LR_GRID, METHODS, TASK_SCORES, LRSelection, SSLBenchmark, pretrained_encoder,
-                         label_mean_vcdr, pretraining_steps, run_label_budgets, select_encoder_lr, smallest_budget_comparison, to_uint8,
-                         validation_samples, verdict, vit_config, warmup_cosine)
+from .experiment import (ENCODER_LR_GRID, METHODS, TASK_SCORES, LRSelection, SSLBenchmark, label_mean_vcdr,
+                         pretrained_encoder, pretraining_steps, run_label_budgets, select_encoder_lr,
+                         smallest_budget_comparison, to_uint8, validation_samples, verdict, vit_config, warmup_cosine)
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
 from .pool import pool_domains, unlabelled_pool
 from .vit import ViTConfig, ViTEncoder, load_encoder, patchify, save_encoder, standardize_images, unpatchify

@@ -272,6 +272,14 @@ def _labelled_source(profile: Profile, config: DownstreamConfig) -> tuple[list[F
     return source, math.ceil(profile.ssl_downstream_steps / steps_per_epoch), steps_per_epoch
 
 
+def _drawn_labels(profile: Profile, source: Sequence[FundusSample], budget: float, draw: int,
+                  config: DownstreamConfig) -> tuple[list[FundusSample], int]:
+    """Draw ``draw`` of a ``budget`` of the labelled ``source`` images, and its seed ``profile.seed + draw``
+    (the reported draws; model selection seeds its own apart, :data:`SELECTION_SEED_OFFSET`)."""
+    seed = profile.seed + draw
+    return budget_subset(source, budget, min_images=config.min_images, seed=seed), seed
+
+
 def validation_samples(profile: Profile, n_per_domain: int | None = None) -> list[FundusSample]:
     """Labelled images of every hospital for model selection: the generator's ``val`` stream.
 
@@ -382,8 +390,7 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
             for d in range(draws if b == min(budgets) else 1)]
     rows, start = [], time.perf_counter()
     for task, protocol, init, budget, draw in tqdm(runs, desc="downstream runs", disable=not progress):
-        seed = profile.seed + draw
-        train = budget_subset(source, budget, min_images=config.min_images, seed=seed)
+        train, seed = _drawn_labels(profile, source, budget, draw, config)
         model = train_downstream(encoders[init], task, protocol, train, epochs=epochs,
                                  steps_per_epoch=steps_per_epoch, config=configs[init], seed=seed)
         rows += evaluate(model, test, task=task, protocol=protocol, init=init, budget=budget, draw=draw,
@@ -418,7 +425,7 @@ def label_mean_vcdr(profile: Profile, *, draws: int | None = None, config: Downs
     test = benchmark_samples(profile, "test", profile.eval_per_domain)
     out = []
     for draw in range(draws):
-        train = budget_subset(source, min(LABEL_BUDGETS), min_images=config.min_images, seed=profile.seed + draw)
+        train, _ = _drawn_labels(profile, source, min(LABEL_BUDGETS), draw, config)
         constant = float(np.mean([s.vcdr for s in train]))
         err = pd.DataFrame({"domain": [s.domain for s in test], "err": [abs(s.vcdr - constant) for s in test]})
         per_domain = err.groupby("domain")["err"].mean()
