@@ -30,6 +30,7 @@ import torch
 
 from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD
 from ..data import SOURCE_DOMAIN, FundusSample
+from ..data.sample import GLAUCOMA_SUSPECT_VCDR
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
 from .dino import DINO, DINOConfig, random_view
@@ -273,10 +274,10 @@ def _labelled_source(profile: Profile, config: DownstreamConfig) -> tuple[list[F
 
 
 def _drawn_labels(profile: Profile, source: Sequence[FundusSample], budget: float, draw: int,
-                  config: DownstreamConfig) -> tuple[list[FundusSample], int]:
-    """Draw ``draw`` of a ``budget`` of the labelled ``source`` images, and its seed ``profile.seed + draw``
-    (the reported draws; model selection seeds its own apart, :data:`SELECTION_SEED_OFFSET`)."""
-    seed = profile.seed + draw
+                  config: DownstreamConfig, offset: int = 0) -> tuple[list[FundusSample], int]:
+    """Draw ``draw`` of a ``budget`` of the labelled ``source`` images, and its seed ``profile.seed + offset + draw``
+    (``offset`` 0: the reported draws; model selection uses :data:`SELECTION_SEED_OFFSET`, apart from them)."""
+    seed = profile.seed + offset + draw
     return budget_subset(source, budget, min_images=config.min_images, seed=seed), seed
 
 
@@ -336,8 +337,7 @@ def select_encoder_lr(profile: Profile, encoders: dict[str, ViTEncoder], *, grid
     runs = [(init, lr, d) for init in encoders for lr in grid for d in range(draws)]
     rows = []
     for init, lr, draw in tqdm(runs, desc="learning-rate selection", disable=not progress):
-        seed = profile.seed + SELECTION_SEED_OFFSET + draw
-        train = budget_subset(source, min(LABEL_BUDGETS), min_images=config.min_images, seed=seed)
+        train, seed = _drawn_labels(profile, source, min(LABEL_BUDGETS), draw, config, SELECTION_SEED_OFFSET)
         run_config = replace(config, lr_encoder=lr)
         model = train_downstream(encoders[init], "segmentation", "finetune", train, epochs=epochs,
                                  steps_per_epoch=steps_per_epoch, config=run_config, seed=seed)
@@ -423,16 +423,15 @@ def label_mean_vcdr(profile: Profile, *, draws: int | None = None, config: Downs
     draws = profile.ssl_label_draws if draws is None else draws
     source, _, _ = _labelled_source(profile, config)
     test = benchmark_samples(profile, "test", profile.eval_per_domain)
-    out = []
+    budget, constants, rows = min(LABEL_BUDGETS), {}, []
     for draw in range(draws):
-        train, _ = _drawn_labels(profile, source, min(LABEL_BUDGETS), draw, config)
-        constant = float(np.mean([s.vcdr for s in train]))
-        err = pd.DataFrame({"domain": [s.domain for s in test], "err": [abs(s.vcdr - constant) for s in test]})
-        per_domain = err.groupby("domain")["err"].mean()
-        target = per_domain.drop(SOURCE_DOMAIN)
-        out.append({"draw": draw, "label_mean": constant, "source_vcdr_abs_err": float(per_domain[SOURCE_DOMAIN]),
-                    "target_vcdr_abs_err": float(target.mean())})
-    return pd.DataFrame(out).set_index("draw")
+        train, _ = _drawn_labels(profile, source, budget, draw, config)
+        constants[draw] = float(np.mean([s.vcdr for s in train]))
+        rows += [{"task": "vcdr", "protocol": "constant", "budget": budget, "init": "label_mean", "draw": draw,
+                  "domain": s.domain, "vcdr_abs_err": abs(s.vcdr - constants[draw]), "vcdr_pred": constants[draw],
+                  "suspect": int(s.vcdr >= GLAUCOMA_SUSPECT_VCDR)} for s in test]
+    table = _per_draw(rows).droplevel(["protocol", "budget", "init"])  # averaged exactly as the heads' scores
+    return table[["source_vcdr_abs_err", "target_vcdr_abs_err"]].assign(label_mean=pd.Series(constants))
 
 
 # ---------------------------------------------------------------------------------------------
