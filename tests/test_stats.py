@@ -1,0 +1,56 @@
+"""Seeds x images bootstrap and the paired verdicts built on it."""
+import numpy as np
+import pytest
+
+from mfmda_lib.evaluation import stats
+
+
+def _rows(method, values, seeds=(0, 1, 2)):
+    return [{"method": method, "seed": s, "domain": "d", "sample_id": f"i{j}", "dice": float(v)}
+            for s in seeds for j, v in enumerate(values[s] if np.ndim(values) == 2 else values)]
+
+
+def test_bootstrap_interval_covers_the_mean_and_is_reproducible():
+    x = np.random.default_rng(0).normal(0.5, 0.1, size=(3, 40))
+    m, lo, hi = stats.seed_image_bootstrap(x, seed=1)
+    assert m == pytest.approx(x.mean()) and lo < m < hi
+    assert stats.seed_image_bootstrap(x, seed=1) == (m, lo, hi)  # same seed, same interval
+    assert stats.seed_image_bootstrap(x[0])[0] == pytest.approx(x[0].mean())  # one seed: images only
+
+
+def test_seed_spread_widens_the_interval():
+    """The same images, but seeds that disagree: the interval must reflect the seeds, not only the images."""
+    base = np.random.default_rng(1).normal(0, 0.01, size=40)
+    agree = np.stack([base + 0.05] * 3)
+    disagree = np.stack([base + 0.25, base - 0.15, base + 0.05])
+    _, lo1, hi1 = stats.seed_image_bootstrap(agree)
+    _, lo2, hi2 = stats.seed_image_bootstrap(disagree)
+    assert hi2 - lo2 > 5 * (hi1 - lo1)
+
+
+def test_non_finite_images_are_dropped_in_every_seed():
+    x = np.array([[1.0, np.nan, 3.0], [1.0, 2.0, 3.0]])
+    assert stats.seed_image_bootstrap(x)[0] == pytest.approx(2.0)
+    assert np.isnan(stats.seed_image_bootstrap(np.full((2, 2), np.nan))[0])
+
+
+def test_compare_pairs_images_and_says_no_difference_inside_the_noise():
+    rng = np.random.default_rng(2)
+    b = rng.uniform(0.3, 0.9, size=(3, 30))
+    clear = _rows("a", b + 0.05) + _rows("b", b)
+    c = stats.compare(clear, "dice", "a", "b")
+    assert c.verdict == "better" and c.diff == pytest.approx(0.05) and c.n_seeds == 3 and c.n_images == 30
+    noisy = _rows("a", b + rng.normal(0, 0.2, size=b.shape)) + _rows("b", b)
+    assert stats.compare(noisy, "dice", "a", "b").verdict == stats.NO_DIFFERENCE
+    worse = stats.compare(clear, "dice", "b", "a")
+    assert worse.verdict == "worse" and "b vs a" in worse.sentence()
+    assert stats.compare(clear, "dice", "b", "a", higher_is_better=False).verdict == "better"
+    with pytest.raises(ValueError, match="no rows"):
+        stats.compare(clear, "dice", "a", "zzz")
+
+
+def test_seed_table_reports_each_method():
+    rows = _rows("a", np.full((3, 5), 0.8)) + _rows("b", np.full((3, 5), 0.6))
+    t = stats.seed_table(rows, ["dice"])
+    assert list(t.index) == ["a", "b"] and t.loc["a", "dice"] == pytest.approx(0.8)
+    assert t.loc["a", "n_seeds"] == 3 and t.loc["b", "n_images"] == 5
