@@ -180,33 +180,40 @@ def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float
     table, summary = res.table(), res.summary()
     times = _stage_times(state)
     files = {"json": run_dir / "metrics.json", "md": run_dir / "results.md"}
-    atomic_write_json(files["json"], {"profile": profile.name, "stage_seconds": times,
+    atomic_write_json(files["json"], {"profile": profile.name, "stage_seconds": times, "seeds": res.seeds,
                                       "table": table.reset_index().to_dict(orient="records"),
                                       "summary": summary.reset_index().to_dict(orient="records"),
+                                      "headline": res.headline().reset_index().to_dict(orient="records"),
                                       "costs": res.costs})
-    from .align.experiment import UNSUPERVISED_BASELINES
+    from .align.report import alignment_log, headline_markdown, verdict_lines
+    from .evaluation.metrics import _markdown
 
-    best_baseline = summary.loc[[m for m in UNSUPERVISED_BASELINES if m in summary.index]]
+    headline = res.headline()
     lines = [f"# MFM-DA pipeline ({profile.name} profile)", "",
              "Stage times (s, as first run): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), "",
-             "## Mean target Dice per method", "", format_table(summary), "",
-             "## Per target domain", "", format_table(table), ""]
+             f"## Mean target Dice per method (95% intervals over {len(res.seeds)} seed(s) and the test images)", "",
+             headline_markdown(headline), "",
+             "## Verdict (computed)", "", *[f"- {line}" for line in verdict_lines(res)], "",
+             "## Per target domain (mean ± std over seeds and images)", "", format_table(table), ""]
     src = res.source_table()
     if len(src) and "source_only" in summary.index:
         own = src.xs("source_only", level="method")[["disc_dice", "cup_dice"]].mean(axis=1).mean()
         lines += [f"Source-only: mean Dice {own:.3f} on the source hospital's test images, "
                   f"{summary.loc['source_only', 'dice']:.3f} on the targets ({summary.loc['source_only', 'dice'] - own:+.3f}).", ""]
-    if "mfmda" in summary.index and len(best_baseline):
-        gap = summary.loc["mfmda", "dice"] - best_baseline["dice"].max()
-        lines += [f"MFM-DA mean target Dice {summary.loc['mfmda', 'dice']:.3f} vs the best baseline "
-                  f"({best_baseline['dice'].idxmax()}) {best_baseline['dice'].max():.3f}: "
-                  + ("MFM-DA is ahead" if gap > 0 else "MFM-DA does NOT beat every baseline here") + f" ({gap:+.3f}).", ""]
+    log_table = alignment_log(res.histories)
+    if len(log_table):
+        last = log_table.groupby(["target", "seed"]).tail(1)
+        lines += ["## Does the alignment act? (last epoch of each MFM-DA model)", "",
+                  "Update of the Rein parameters by step (1) vs steps (2)-(3), and L_align before/after step (1):", "",
+                  _markdown(list(last.columns), [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row]
+                                                 for row in last.itertuples(index=False)]), ""]
     with atomic_write(files["md"], "w") as handle:
         handle.write("\n".join(lines))
     figure = _summary_figure(summary, profile)
     files["png"] = run_dir / "figures" / "mean_target_dice.png"
     save_figure(figure, files["png"])
-    written = save_result("mfmda_pipeline", profile, table, rows=res.rows, meta={"stage_seconds": times})
+    written = save_result("mfmda_pipeline", profile, table, rows=res.rows,
+                          meta={"stage_seconds": times, "seeds": res.seeds})
     files.update({f"results_{k}": v for k, v in written.items()})
     return files
 

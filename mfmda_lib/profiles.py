@@ -102,6 +102,9 @@ class Profile:
         stage2_rein_placement: ``blocks``: tokens after every block from stage2_rein_from, as in the
             paper (GPU); ``levels``: tokens on the pyramid levels only, so the whole frozen encoder
             runs once per image and is cached (CPU).
+        stage2_taps: the four LiteMedSAM units read out as the pyramid levels, shallow to deep.
+        stage2_seeds: seeds of stage 2's headline comparison (source-only, the unsupervised baselines,
+            translation-only, MFM-DA and the oracle; every verdict rests on all of them; ablations use the first).
         stage2_targets: target domains notebook 09 adapts to and scores (``ci``: one, to stay a smoke test).
         stage2_pairs: labelled source images (each paired with its translation) that stage 2 trains on:
             the first of stage 1's translated list.
@@ -175,6 +178,8 @@ class Profile:
     stage1_eval_images: int
     stage2_rein_from: str
     stage2_rein_placement: str
+    stage2_taps: tuple
+    stage2_seeds: int
     stage2_targets: tuple
     stage2_pairs: int
     stage2_test_per_domain: int
@@ -275,6 +280,8 @@ SIZES: dict[str, tuple] = {
     "stage1_eval_images":     (2, 12, 100),
     "stage2_rein_from":       ("layers.1.blocks.0", "layers.1.blocks.0", "layers.1.blocks.0"),
     "stage2_rein_placement":  ("levels", "levels", "blocks"),
+    "stage2_taps":            (("layers.1.blocks.1", "layers.2.blocks.2", "layers.2.blocks.5", "layers.3.blocks.1"),) * 3,
+    "stage2_seeds":           (1, 3, 3),
     "stage2_targets":         (("riga_binrushed",), ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor")),
     "stage2_pairs":           (2, 16, 200),

@@ -54,3 +54,13 @@ def test_seed_table_reports_each_method():
     t = stats.seed_table(rows, ["dice"])
     assert list(t.index) == ["a", "b"] and t.loc["a", "dice"] == pytest.approx(0.8)
     assert t.loc["a", "n_seeds"] == 3 and t.loc["b", "n_images"] == 5
+
+
+def test_gap_closed_is_the_share_of_the_baseline_to_oracle_gap():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.3, 0.5, size=(3, 20))
+    rows = _rows("so", base) + _rows("oracle", base + 0.4) + _rows("m", base + 0.1) + _rows("worse", base - 0.1)
+    share, lo, hi = stats.gap_closed(rows, "dice", "m", "so", "oracle")
+    assert share == pytest.approx(0.25) and lo <= 0.25 <= hi
+    assert stats.gap_closed(rows, "dice", "worse", "so", "oracle")[0] == pytest.approx(-0.25)
+    assert np.isnan(stats.gap_closed(rows, "dice", "m", "oracle", "so")[0])  # no gap to close

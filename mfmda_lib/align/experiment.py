@@ -51,15 +51,17 @@ from torch import nn
 from ..adapt.tta import Tent, TTAConfig
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
 from ..evaluation.metrics import per_domain_table, segmentation_scores
+from ..evaluation.stats import Comparison, compare, gap_closed, seed_table
 from ..models import EmbeddingCache, PromptableSegmenter, load_model
 from ..profiles import Profile, get_device, paths
 from .baselines import fda_samples, histogram_matched_samples, jittered_samples
 from .pyramid import PyramidEncoder
 from .rein import ReinConfig
 from .stage2 import (FeatureBank, Stage2Config, Stage2History, Stage2Model, build_model, encode_prefix, level_shapes,
-                     logits_to_masks, mask_targets, predict_logits, train_stage2)
+                     logits_to_masks, make_optimizers, mask_targets, predict_logits, train_stage2)
 
-__all__ = ["Method", "METHODS", "BASELINES", "UNSUPERVISED_BASELINES", "ABLATIONS", "DEFAULT_METHODS", "METRICS", "stage2_config",
+__all__ = ["Method", "METHODS", "BASELINES", "UNSUPERVISED_BASELINES", "ABLATIONS", "HEADLINE", "DEFAULT_METHODS",
+           "METRICS", "stage2_config", "oracle_samples",
            "source_samples", "target_images", "test_samples", "translations", "Stage2Result", "run_stage2",
            "predict_target_masks", "sam_reference_rows"]
 
@@ -78,7 +80,8 @@ class Method:
         name: key in :data:`METHODS`.
         label: what it is, in a few words.
         images: what is paired with each source image: ``"none"``, ``"stage1"`` (the translations
-            passed to :func:`run_stage2`), ``"fda"``, ``"histogram"`` or ``"jitter"``.
+            passed to :func:`run_stage2`), ``"fda"``, ``"histogram"`` or ``"jitter"``; ``"oracle"``:
+            no pairing, the model trains on the target's own labelled images instead of the source.
         steps: which of the three steps run.
         changes: :class:`Stage2Config` fields changed from the profile's base config
             (``align_taps="last"`` means the deepest tap).
@@ -95,7 +98,7 @@ class Method:
     @property
     def per_target(self) -> bool:
         """Whether a model is trained for each target (it sees target-derived images)."""
-        return self.images in ("stage1", "fda", "histogram")
+        return self.images in ("stage1", "fda", "histogram", "oracle")
 
     def config(self, base: Stage2Config) -> Stage2Config:
         """The method's :class:`Stage2Config`."""
@@ -120,20 +123,37 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("mfmda_last_level", "ablation: deepest level only (no pyramid)", "stage1", _ALL,
            (("head_levels", "last"), ("align_taps", "last"))),
     Method("mfmda_align_last", "ablation: align the deepest level only", "stage1", _ALL, (("align_taps", "last"),)),
+    Method("mfmda_adamw", "ablation: AdamW (lr 1e-2) in steps 2-3, the kit's earlier optimiser", "stage1", _ALL,
+           (("optimizer", "adamw"), ("lr", 1e-2))),
+    Method("mfmda_levels", "ablation: tokens on the pyramid levels only (not after every block)", "stage1", _ALL,
+           (("rein_placement", "levels"),)),
+    Method("oracle", "trained on the target's own labelled images (upper bound, not UDA)", "oracle"),
 )}
 BASELINES = ("source_only", "fda", "histogram_matching", "tent", "sam_decoder_adapter", "translation_only",
              "alignment_only")
 #: the baselines MFM-DA must beat: unsupervised, not the box-prompted reference row
 UNSUPERVISED_BASELINES = tuple(m for m in BASELINES if METHODS[m].kind != "reference")
-ABLATIONS = ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last")
-DEFAULT_METHODS = (*BASELINES, "mfmda", *ABLATIONS)
+ABLATIONS = ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last", "mfmda_adamw", "mfmda_levels")
+#: the comparison every verdict rests on: trained with every seed of the profile (ablations: the first seed)
+HEADLINE = ("source_only", *[m for m in UNSUPERVISED_BASELINES if m != "source_only"], "mfmda", "oracle")
+DEFAULT_METHODS = (*BASELINES, "mfmda", "oracle", *ABLATIONS)
 
 
-def stage2_config(profile: Profile) -> Stage2Config:
-    """The base :class:`Stage2Config` of a profile (every method changes only what it names)."""
-    return Stage2Config(rein_from=profile.stage2_rein_from, rein_placement=profile.stage2_rein_placement,
-                        rein=ReinConfig(seed=profile.seed),
-                        epochs=profile.stage2_epochs, batch_size=profile.stage2_batch_size, seed=profile.seed)
+def stage2_config(profile: Profile, seed: int | None = None) -> Stage2Config:
+    """The base :class:`Stage2Config` of a profile (every method changes only what it names).
+
+    Args:
+        seed: seeds the tokens, the head and the pair order (default ``profile.seed``).
+    """
+    seed = profile.seed if seed is None else seed
+    return Stage2Config(taps=tuple(profile.stage2_taps), rein_from=profile.stage2_rein_from,
+                        rein_placement=profile.stage2_rein_placement, rein=ReinConfig(seed=seed),
+                        epochs=profile.stage2_epochs, batch_size=profile.stage2_batch_size, seed=seed)
+
+
+def stage2_seeds(profile: Profile) -> list[int]:
+    """The seeds of the headline comparison: ``profile.seed``, ``profile.seed + 1``, ... (``stage2_seeds`` of them)."""
+    return [profile.seed + i for i in range(profile.stage2_seeds)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +172,13 @@ def target_images(profile: Profile, target: str) -> list[np.ndarray]:
     from ..experiments import benchmark_samples
 
     return [s.image for s in benchmark_samples(profile, "train", profile.stage1_k_target, domains=[target])]
+
+
+def oracle_samples(profile: Profile, target: str) -> list[FundusSample]:
+    """The oracle's labelled target images: the first ``stage2_pairs`` of the target's train split."""
+    from ..experiments import benchmark_samples
+
+    return benchmark_samples(profile, "train", profile.stage2_pairs, domains=[target])
 
 
 def test_samples(profile: Profile, domains: Sequence[str]) -> dict[str, list[FundusSample]]:
@@ -225,33 +252,39 @@ def _images_digest(samples: Sequence[FundusSample] | None) -> str:
 
 @dataclass
 class Stage2Result:
-    """Per-image scores of every method, the training costs and histories.
+    """Per-image scores of every method and seed, the training costs and histories.
 
     Attributes:
-        rows: one dict per (method, test image): ``method``, ``domain``, ``sample_id`` and the
-            :func:`~mfmda_lib.evaluation.metrics.segmentation_scores` keys.
-        costs: one dict per trained model: method, target, trainable parameters, seconds.
-        histories: ``(method, target) -> Stage2History``.
+        rows: one dict per (method, seed, test image): ``method``, ``seed``, ``domain``, ``sample_id``,
+            the :func:`~mfmda_lib.evaluation.metrics.segmentation_scores` keys and ``dice`` (the mean
+            of disc and cup Dice).
+        costs: one dict per trained model: method, target, seed, trainable parameters, seconds.
+        histories: ``(method, target, seed) -> Stage2History``.
         targets: the target domains, in order.
         translation_origin: where the "stage1" images came from (``stage1`` / ``fda_stand_in``).
         seconds: wall time of the call (``total``) and of the frozen-prefix features (``prefix``).
-        masks: ``(method, domain) -> [(disc, cup)]`` predicted masks, in the order of ``test[domain]``.
+        masks: ``(method, domain) -> [(disc, cup)]`` predicted masks of the first seed, in the order of
+            ``test[domain]`` (other seeds: ``(method, domain, seed)``).
         test: the scored samples of each domain.
+        seeds: the seeds of the headline methods (ablations ran with the first).
     """
 
     rows: list[dict]
     costs: list[dict]
-    histories: dict[tuple[str, str], Stage2History]
+    histories: dict[tuple, Stage2History]
     targets: list[str]
     translation_origin: str
     seconds: dict[str, float] = field(default_factory=dict)
-    masks: dict[tuple[str, str], list] = field(default_factory=dict)
+    masks: dict[tuple, list] = field(default_factory=dict)
     test: dict[str, list[FundusSample]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def _target_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["domain"] in self.targets]
 
     def table(self, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-        """Mean ± std per (method, target domain) and the mean over targets."""
-        rows = [r for r in self.rows if r["domain"] in self.targets]
-        return per_domain_table(rows, metrics, domain_order=self.targets)
+        """Mean ± std (over seeds and images) per (method, target domain) and the mean over targets."""
+        return per_domain_table(self._target_rows(), metrics, domain_order=self.targets)
 
     def source_table(self, metrics: Sequence[str] = ("disc_dice", "cup_dice")) -> pd.DataFrame:
         """Scores on the source domain's test images (models scored there)."""
@@ -262,6 +295,33 @@ class Stage2Result:
         """One row per method: mean target disc and cup Dice and their average (``dice``)."""
         means = self.table(("disc_dice", "cup_dice")).xs("mean", level="domain")[["disc_dice", "cup_dice"]]
         return means.assign(dice=means.mean(axis=1))
+
+    def headline(self, *, n_resamples: int = 2000) -> pd.DataFrame:
+        """Each method's mean target Dice with its 95% interval over seeds and images, and the share of
+        the source-only -> oracle gap it closes (``gap_closed``; needs both rows).
+
+        Returns:
+            Index ``method``; columns ``n_seeds``, ``n_images``, ``disc_dice``/``cup_dice``/``dice`` with
+            ``_lo``/``_hi``, and ``gap_closed``, ``gap_closed_lo``, ``gap_closed_hi``.
+        """
+        rows = [r for r in self._target_rows() if "dice" in r]
+        table = seed_table(rows, ("disc_dice", "cup_dice", "dice"), n_resamples=n_resamples)
+        present = set(table.index)
+        gaps = {}
+        if {"source_only", "oracle"} <= present:
+            for m in table.index:
+                gaps[m] = gap_closed(rows, "dice", m, "source_only", "oracle", n_resamples=n_resamples)
+        for i, col in enumerate(("gap_closed", "gap_closed_lo", "gap_closed_hi")):
+            table[col] = [gaps.get(m, (np.nan,) * 3)[i] for m in table.index]
+        return table
+
+    def verdicts(self, method: str = "mfmda", against: Sequence[str] = UNSUPERVISED_BASELINES, *,
+                 metric: str = "dice", n_resamples: int = 2000) -> list[Comparison]:
+        """Paired comparisons ``method - baseline`` on the target images, over the seeds both share."""
+        rows = self._target_rows()
+        present = {r["method"] for r in rows}
+        return [compare(rows, metric, method, b, n_resamples=n_resamples) for b in against
+                if b in present and method in present and b != method]
 
     def cost_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.costs)
@@ -342,28 +402,43 @@ class _Runner:
         root = None if cache_root is False else Path(cache_root or paths().cache / "embeddings")
         self.banks = _Banks(self.segmenter, root, profile.encoder_batch_size, progress)
         self.labels = mask_targets(self.segmenter, self.source)
-        self.prefix = PyramidEncoder(self.segmenter.image_encoder, self.base.taps, self.base.rein_from, None,
-                                     self.base.rein_placement)  # the frozen part only
+        self.prefixes: dict[str, PyramidEncoder] = {}
+        self.prefix = self.prefix_for(self.base)
         self.src_bank = self.banks.get(self.prefix, "source", self.source)
         self.shapes = level_shapes(self.prefix, self.src_bank)
         self.source_digest = _digest(_images_digest(self.source), self.segmenter.cache_key)
         self.costs: list[dict] = []
-        self.histories: dict[tuple[str, str], Stage2History] = {}
+        self.histories: dict[tuple, Stage2History] = {}
         self._warm: dict[str, tuple[dict, str]] = {}
 
-    def fit(self, cfg: Stage2Config, pair_bank: FeatureBank | None, name: str, key: tuple[str, str],
-            init: dict | None = None) -> Stage2Model:
-        """Train one model (resuming from / loading ``checkpoint_dir / name``) and record its cost."""
+    def prefix_for(self, cfg: Stage2Config) -> PyramidEncoder:
+        """The frozen part of ``cfg``'s encoder (shared by configs with the same cut and taps)."""
+        key = f"{cfg.rein_placement}|{cfg.rein_from}|{cfg.taps}"
+        if key not in self.prefixes:
+            self.prefixes[key] = PyramidEncoder(self.segmenter.image_encoder, cfg.taps, cfg.rein_from, None,
+                                                cfg.rein_placement)
+        return self.prefixes[key]
+
+    def fit(self, cfg: Stage2Config, pair_bank: FeatureBank | None, name: str, key: tuple,
+            init: dict | None = None, source: tuple[FeatureBank, torch.Tensor] | None = None) -> Stage2Model:
+        """Train one model (resuming from / loading ``checkpoint_dir / name``) and record its cost.
+
+        Args:
+            source: ``(bank, labels)`` to train on instead of the source images (the oracle).
+        """
+        bank, labels = source if source is not None else (self.banks.get(self.prefix_for(cfg), "source", self.source),
+                                                          self.labels)
         model = build_model(self.segmenter.image_encoder, cfg, self.shapes, self.segmenter.input_size)
         if init is not None:
             model.load_trainable_state(init)
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer, align_optimizer = make_optimizers(model, cfg)
         start = time.perf_counter()
-        history = train_stage2(model, optimizer, self.src_bank, self.labels, cfg, translated=pair_bank,
-                               accelerator=self.accelerator, checkpoint=self.checkpoint_dir / name,
-                               progress=self.progress, desc=" -> ".join(k for k in key if k != "all"))
+        history = train_stage2(model, optimizer, bank, labels, cfg, align_optimizer=align_optimizer,
+                               translated=pair_bank, accelerator=self.accelerator,
+                               checkpoint=self.checkpoint_dir / name, progress=self.progress,
+                               desc=" -> ".join(str(k) for k in key if k != "all"))
         self.histories[key] = history
-        self.costs.append({"method": key[0], "target": key[1],
+        self.costs.append({"method": key[0], "target": key[1], "seed": cfg.seed,
                            "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
                            "rein_params": sum(p.numel() for n, p in model.named_parameters() if "rein_" in n),
                            "epochs": cfg.epochs, "train_seconds": round(history.seconds(), 1),
@@ -371,28 +446,48 @@ class _Runner:
                            "from_checkpoint": history.resumed_from == cfg.epochs})
         return model
 
-    def warm_start(self, cfg: Stage2Config) -> tuple[dict, str]:
-        """The shared source-only warm-up of the head (no tokens yet), trained once per head shape."""
+    def warm_start(self, cfg: Stage2Config, source: tuple[FeatureBank, torch.Tensor] | None = None,
+                   source_digest: str | None = None) -> tuple[dict, str]:
+        """The source-only warm-up of the head (no tokens yet), trained once per head shape, seed and data."""
         wcfg = cfg.replace(steps=("source",), epochs=self.profile.stage2_warmup_epochs, align_taps=None, use_rein=False)
-        if wcfg.digest() not in self._warm:
-            model = self.fit(wcfg, None, f"warmup_{wcfg.digest()}_{self.source_digest}.pt",
-                             ("warm-up", f"head: {wcfg.head_levels}"))
-            self._warm[wcfg.digest()] = (model.trainable_state(), wcfg.digest())
-        return self._warm[wcfg.digest()]
+        digest = _digest(wcfg.digest(), source_digest or self.source_digest)
+        if digest not in self._warm:
+            model = self.fit(wcfg, None, f"warmup_{wcfg.digest()}_{source_digest or self.source_digest}.pt",
+                             ("warm-up", f"head: {wcfg.head_levels}", f"seed {cfg.seed}"), source=source)
+            self._warm[digest] = (model.trainable_state(), digest)
+        return self._warm[digest]
 
-    def train(self, method: Method, key: tuple[str, str], pair: Sequence[FundusSample] | None,
-              pair_name: str) -> Stage2Model:
-        """The warm-up, then ``method``'s own epochs on the source paired with ``pair``."""
-        cfg = method.config(self.base)
-        init, init_digest = self.warm_start(cfg)
-        pair_bank = self.banks.get(self.prefix, pair_name, pair) if pair is not None else None
-        name = f"{cfg.digest()}_{_digest(init_digest, self.source_digest, _images_digest(pair))}.pt"
-        return self.fit(cfg, pair_bank, name, key, init)
+    def train(self, method: Method, key: tuple, pair: Sequence[FundusSample] | None, pair_name: str, *,
+              seed: int | None = None, oracle: Sequence[FundusSample] | None = None) -> Stage2Model:
+        """The warm-up, then ``method``'s own epochs on the source paired with ``pair``.
+
+        Args:
+            seed: the run's seed (default: the profile's).
+            oracle: the labelled target samples the ``oracle`` method trains on instead of the source.
+        """
+        cfg = method.config(stage2_config(self.profile, seed))
+        source, source_digest = None, self.source_digest
+        if oracle is not None:
+            source = (self.banks.get(self.prefix_for(cfg), f"oracle:{pair_name}", oracle),
+                      mask_targets(self.segmenter, oracle))
+            source_digest = _digest(_images_digest(oracle), self.segmenter.cache_key)
+        init, init_digest = self.warm_start(cfg, source, source_digest)
+        pair_bank = self.banks.get(self.prefix_for(cfg), pair_name, pair) if pair is not None else None
+        name = f"{cfg.digest()}_{_digest(init_digest, source_digest, _images_digest(pair))}.pt"
+        return self.fit(cfg, pair_bank, name, key, init, source)
+
+
+def _with_mean_dice(rows: list[dict]) -> list[dict]:
+    """Each row gains ``dice``: the mean of its disc and cup Dice (the headline metric)."""
+    return [{**r, "dice": (r["disc_dice"] + r["cup_dice"]) / 2} if "disc_dice" in r and "cup_dice" in r else r
+            for r in rows]
 
 
 def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_target: dict[str, list[FundusSample]],
-               *, methods: Sequence[str] = DEFAULT_METHODS, segmenter: PromptableSegmenter | None = None,
+               *, methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] | None = None,
+               segmenter: PromptableSegmenter | None = None,
                target_images_by_target: dict[str, list[np.ndarray]] | None = None,
+               oracle_by_target: dict[str, list[FundusSample]] | None = None,
                test: dict[str, list[FundusSample]] | None = None, checkpoint_dir: str | Path | None = None,
                cache_root: str | Path | bool | None = None, accelerator=None, translation_origin: str = "stage1",
                progress: bool = True) -> Stage2Result:
@@ -404,9 +499,12 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
         translated_by_target: ``{target: N translated samples}``, paired with ``source`` by position
             (stage 1's :func:`~mfmda_lib.diffusion.stage1.translated_source`, or a stand-in).
         methods: names from :data:`METHODS`, in the order of the table.
+        seeds: the seeds every :data:`HEADLINE` method trains with (ablations: the first one only);
+            default :func:`stage2_seeds` of the profile.
         segmenter: the foundation model (default: LiteMedSAM on the accelerator's device).
         target_images_by_target: the K unlabelled images of each target, for FDA and histogram
             matching (default: :func:`target_images`).
+        oracle_by_target: the labelled target images of the ``oracle`` method (default: :func:`oracle_samples`).
         test: ``{domain: samples}`` to score (default: :func:`test_samples` of the targets and the source).
         checkpoint_dir: trained weights (default ``<cache>/mfmda/<profile>/stage2``).
         cache_root: folder of the frozen-feature cache (default ``<cache>/embeddings``); ``False``:
@@ -415,7 +513,7 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
         translation_origin: recorded in the result (``"stage1"`` or ``"fda_stand_in"``).
 
     Returns:
-        A :class:`Stage2Result`.
+        A :class:`Stage2Result`; every row carries its ``seed``.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -424,6 +522,9 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
     bad = [t for t, v in translated_by_target.items() if len(v) != len(source)]
     if not targets or bad:
         raise ValueError(f"run_stage2: give one translated sample per source sample for each target (bad: {bad})")
+    seeds = list(seeds) if seeds is not None else stage2_seeds(profile)
+    if not seeds:
+        raise ValueError("run_stage2: give at least one seed")
     start_all = time.perf_counter()
     run = _Runner(profile, source, segmenter, checkpoint_dir, cache_root, accelerator, progress)
     segmenter = run.segmenter
@@ -439,42 +540,50 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
             return jittered_samples(source, profile.seed)
         return None
 
-    trained: dict[tuple[str, str], Stage2Model] = {}
+    trained: dict[tuple, Stage2Model] = {}
     rows, masks = [], {}
 
-    def train(method: Method, target: str | None) -> Stage2Model:
-        key = (method.name, target or "all")
+    def train(method: Method, target: str | None, seed: int) -> Stage2Model:
+        key = (method.name, target or "all", seed)
         if key not in trained:
-            name = f"{method.images}:{target}" if method.per_target else method.images
-            trained[key] = run.train(method, key, paired(method, target), name)
+            if method.images == "oracle":
+                labelled = (oracle_by_target or {}).get(target) or oracle_samples(profile, target)
+                trained[key] = run.train(method, key, None, target, seed=seed, oracle=labelled)
+            else:
+                name = f"{method.images}:{target}" if method.per_target else method.images
+                trained[key] = run.train(method, key, paired(method, target), name, seed=seed)
         return trained[key]
 
-    def score(method: Method, model: Stage2Model, domains: Sequence[str]) -> None:
+    def score(method: Method, model: Stage2Model, domains: Sequence[str], seed: int) -> None:
         for d in domains:
-            bank = run.banks.get(run.prefix, f"test:{d}", test[d])
+            bank = run.banks.get(run.prefix_for(model_config(method, seed)), f"test:{d}", test[d])
             if method.kind == "tent":
-                new, masks[(method.name, d)] = _tent_rows(profile, model, segmenter, bank, test[d])
+                new, found = _tent_rows(profile, model, segmenter, bank, test[d])
             else:
-                new, masks[(method.name, d)] = _score(method.name, model, segmenter, bank, test[d])
-            rows.extend(new)
+                new, found = _score(method.name, model, segmenter, bank, test[d])
+            rows.extend({**r, "seed": seed} for r in new)
+            masks[(method.name, d) if seed == seeds[0] else (method.name, d, seed)] = found
+
+    def model_config(method: Method, seed: int) -> Stage2Config:
+        return (METHODS["source_only"] if method.kind == "tent" else method).config(stage2_config(profile, seed))
 
     for name in methods:
         method = METHODS[name]
         if method.kind == "reference":
             rows.extend(sam_reference_rows(profile, targets))
             continue
-        if method.kind == "tent":
-            score(method, train(METHODS["source_only"], None), targets)
-            continue
-        if method.per_target:
-            for t in targets:
-                score(method, train(method, t), [t])
-        else:
-            domains = [*targets, SOURCE_DOMAIN] if SOURCE_DOMAIN in test else targets
-            score(method, train(method, None), domains)
+        for seed in (seeds if name in HEADLINE else seeds[:1]):
+            if method.kind == "tent":
+                score(method, train(METHODS["source_only"], None, seed), targets, seed)
+            elif method.per_target:
+                for t in targets:
+                    score(method, train(method, t, seed), [t], seed)
+            else:
+                domains = [*targets, SOURCE_DOMAIN] if SOURCE_DOMAIN in test else targets
+                score(method, train(method, None, seed), domains, seed)
     total = time.perf_counter() - start_all
-    return Stage2Result(rows, run.costs, run.histories, targets, translation_origin,
-                        {"total": round(total, 1), "prefix": round(run.banks.seconds, 1)}, masks, test)
+    return Stage2Result(_with_mean_dice(rows), run.costs, run.histories, targets, translation_origin,
+                        {"total": round(total, 1), "prefix": round(run.banks.seconds, 1)}, masks, test, seeds)
 
 
 def predict_target_masks(profile: Profile, source: Sequence[FundusSample], translated: Sequence[FundusSample],

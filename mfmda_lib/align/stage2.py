@@ -7,6 +7,17 @@ For each batch of labelled source images ``x_S`` (masks ``y``) and their transla
 2. ``BCE(disc) + BCE(cup)`` on the source image;
 3. the same loss on its translation, with the same label.
 
+Optimisers, as in the authors' ``train_MFM_DA_Seg_RETFound.py``: one SGD (lr 1e-3, momentum 0.99,
+Nesterov) over every trainable parameter (tokens and head) for steps (2)-(3), poly-decayed, and a
+second SGD with the same settings over the tokens only for step (1), not decayed. Both optimisers
+being SGD matters: the tokens' output is scaled by ``s`` (initially 1e-3), so their gradients are
+tiny; SGD moves them in proportion to those gradients in every step, whereas an Adam-family
+optimiser in steps (2)-(3) would move them by about ``lr`` per step whatever the gradient, and
+step (1)'s SGD update would be orders of magnitude smaller: the alignment would do nothing.
+:func:`make_optimizers` builds both; ``Stage2Config.optimizer="adamw"`` keeps the kit's earlier
+AdamW choice as a named ablation. Every epoch logs the size of the tokens' update from step (1)
+against steps (2)-(3), and ``L_align`` on each batch before and after its step (1).
+
 :class:`Stage2Config` switches steps, tokens, pyramid levels and aligned levels, so every
 baseline and ablation of notebook 09 is this one loop with a different config.
 
@@ -26,6 +37,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,8 +52,9 @@ from .losses import channel_spatial_alignment, segmentation_loss
 from .pyramid import PyramidEncoder, PyramidHead
 from .rein import PREFIX, ReinConfig
 
-__all__ = ["STEPS", "TINYVIT_TAPS", "Stage2Config", "Stage2Model", "build_model", "FeatureBank", "encode_prefix",
-           "level_shapes", "mask_targets", "Stage2History", "train_stage2", "predict_logits", "logits_to_masks"]
+__all__ = ["STEPS", "TINYVIT_TAPS", "OPTIMIZERS", "Stage2Config", "Stage2Model", "build_model", "FeatureBank",
+           "encode_prefix", "level_shapes", "mask_targets", "Stage2History", "poly_lr", "token_parameters",
+           "make_optimizers", "three_step_update", "train_stage2", "predict_logits", "logits_to_masks"]
 
 #: The three optimizer steps of one batch, in order.
 STEPS = ("align", "source", "translated")
@@ -59,16 +72,19 @@ FeatureBank = dict  # name -> (N, ...) float16 CPU tensor: the cached prefix out
 
 @dataclass(frozen=True)
 class Stage2Config:
-    """One stage-2 run: which parts train, which steps run, for how long.
+    """One stage-2 run: which parts train, which steps run, how they are optimised, for how long.
+
+    The defaults are the authors' (``train_MFM_DA_Seg_RETFound.py``) unless a field says otherwise.
 
     Attributes:
         taps: encoder units read out as pyramid levels, shallow to deep.
         rein_from: first unit that gets Rein tokens (``layers.1.blocks.0``: every attention block
             of TinyViT). ``None``: no tokens, everything frozen and cached.
-        rein_placement: ``"blocks"``: after every block, each change feeding the next blocks (the
-            paper; the kit's ``gpu`` profile); ``"levels"``: on each tapped level only, the frozen
-            blocks seeing unchanged features, so the whole encoder is cached and a step costs
-            only the tokens and the head (the kit's CPU profiles). See :class:`PyramidEncoder`.
+        rein_placement: ``"blocks"``: after every block from ``rein_from``, each change feeding the
+            next blocks (the paper; the kit's default in every profile); ``"levels"``: on each tapped
+            level only, the frozen blocks seeing unchanged features, so the whole encoder is cached and a
+            step costs only the tokens and the head (an ablation: each level's alignment then has a
+            trivial solution, the tokens of that level alone). See :class:`PyramidEncoder`.
         use_rein: ``False``: no tokens, only the head trains (the "no Rein" ablation; same cut).
         rein: size of the tokens.
         head_levels: ``"pyramid"`` (every tap) or ``"last"`` (the deepest tap only, an ablation).
@@ -78,14 +94,16 @@ class Stage2Config:
         steps: which of :data:`STEPS` run for each batch.
         epochs: passes over the source/translation pairs.
         batch_size: pairs per step (per process).
-        lr: AdamW learning rate at the start of the poly decay ``lr (1 - t/T)^0.9``.
-        align_lr: step (1)'s own SGD on the tokens (momentum 0.9, Nesterov, same poly decay; MFM-DA's code
-            uses SGD, lr 1e-3); ``None``: step (1) uses the shared AdamW like steps (2)-(3). SGD's
-            step shrinks with ``L_align``'s gradient; Adam's does not, so with Adam a nearly aligned pair
-            still moves the tokens by about ``lr`` per step, towards features that no longer segment.
-        weight_decay: AdamW weight decay.
-        dice_weight: weight of the soft Dice term added to BCE (0: the paper's BCE only).
-        grad_clip: gradient-norm clip of each step (None: no clipping).
+        optimizer: ``"sgd"`` (the authors': SGD with ``momentum``, Nesterov, for both optimisers) or
+            ``"adamw"`` (the kit's earlier choice for steps (2)-(3), kept as an ablation; step (1)
+            still uses SGD).
+        lr: learning rate of steps (2)-(3) at the start of the poly decay ``lr (1 - t/T)^0.9`` (authors: 1e-3).
+        momentum: SGD momentum of both optimisers (authors: 0.99, Nesterov).
+        align_lr: step (1)'s SGD learning rate on the tokens, constant (the authors never decay it);
+            ``None``: the same as ``lr``.
+        weight_decay: weight decay of the steps-(2)-(3) optimiser (authors: none).
+        dice_weight: weight of a soft Dice term added to BCE (authors: 0, BCE only).
+        grad_clip: gradient-norm clip of each step (authors: None).
         seed: seed of the pair order and of the head's initialisation.
     """
 
@@ -100,11 +118,13 @@ class Stage2Config:
     steps: tuple[str, ...] = STEPS
     epochs: int = 10
     batch_size: int = 4
-    lr: float = 1e-2
-    align_lr: float | None = 1e-3
-    weight_decay: float = 1e-4
-    dice_weight: float = 1.0
-    grad_clip: float | None = 1.0
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.99
+    align_lr: float | None = None
+    weight_decay: float = 0.0
+    dice_weight: float = 0.0
+    grad_clip: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,10 +144,12 @@ class Stage2Config:
             raise ValueError(f"Stage2Config.align_taps {self.align_taps} must be a non-empty subset of taps {self.taps}")
         if self.epochs < 1 or self.batch_size < 1 or self.head_width < 1:
             raise ValueError("Stage2Config: epochs, batch_size and head_width must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Stage2Config.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.align_lr is not None and self.align_lr <= 0:
             raise ValueError(f"Stage2Config.align_lr must be > 0 or None, got {self.align_lr}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.dice_weight < 0:
-            raise ValueError("Stage2Config: lr must be > 0, weight_decay and dice_weight >= 0")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.dice_weight < 0:
+            raise ValueError("Stage2Config: lr must be > 0, momentum in [0, 1), weight_decay and dice_weight >= 0")
 
     def replace(self, **changes) -> "Stage2Config":
         """A copy with some fields changed (validated again)."""
@@ -136,6 +158,10 @@ class Stage2Config:
     def digest(self) -> str:
         """A short hash of every field (names checkpoints)."""
         return hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+
+
+#: ``Stage2Config.optimizer`` values: the authors' SGD, and AdamW (an ablation).
+OPTIMIZERS = ("sgd", "adamw")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +324,13 @@ def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, to
 
 @dataclass
 class Stage2History:
-    """Per-epoch mean losses of each step, seconds, and where the run resumed."""
+    """Per-epoch logs of each step, seconds, and where the run resumed.
+
+    Each epoch's record holds ``loss_<step>`` (mean over its batches) and, with the ``align`` step:
+    ``loss_align_after`` (``L_align`` of the same batches right after their step (1)), and the
+    tokens' update sizes ``update_align`` (the summed norm of what step (1) changed) and
+    ``update_seg`` (the same for steps (2)-(3)), so a notebook can show whether the alignment acts.
+    """
 
     epochs: list[dict] = field(default_factory=list)
     resumed_from: int = 0
@@ -307,28 +339,137 @@ class Stage2History:
         return float(sum(e["seconds"] for e in self.epochs))
 
 
-def _poly(lr: float, t: int, total: int, power: float = 0.9) -> float:
-    return lr * (1 - min(t, total - 1) / total) ** power
+def poly_lr(lr: float, epoch: int, epochs: int, power: float = 0.9) -> float:
+    """The authors' poly decay, applied at the start of each epoch: ``lr (1 - epoch / epochs)^power``."""
+    return lr * (1 - min(epoch, epochs - 1) / epochs) ** power
 
 
-def _save(path: Path, model: Stage2Model, optimizer: torch.optim.Optimizer, history: Stage2History,
-          align_optimizer: torch.optim.Optimizer | None = None) -> None:
-    payload = {"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "epochs": history.epochs}
-    if align_optimizer is not None:
-        payload["align_optimizer"] = align_optimizer.state_dict()
+def token_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable Rein parameters (tokens, scales, shared projections): what step (1) updates."""
+    return [p for n, p in model.named_parameters() if PREFIX in n and p.requires_grad]
+
+
+def make_optimizers(model: Stage2Model, config: Stage2Config
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """The two optimisers of the authors' loop.
+
+    Returns:
+        ``(optimizer, align_optimizer)``: SGD (or AdamW, ``config.optimizer``) over every trainable
+        parameter for steps (2)-(3), and SGD over the Rein parameters only for step (1) (``None``
+        without an ``align`` step).
+    """
+    nesterov = config.momentum > 0
+    params = model.trainable_parameters()
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=nesterov,
+                                    weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    align_optimizer = None
+    if "align" in config.steps:
+        tokens = token_parameters(model)
+        if not tokens:
+            raise ValueError("make_optimizers: the 'align' step needs trainable Rein tokens (use_rein, rein_from)")
+        align_optimizer = torch.optim.SGD(tokens, lr=config.align_lr or config.lr, momentum=config.momentum,
+                                          nesterov=nesterov)
+    return optimizer, align_optimizer
+
+
+def _snapshot(params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _moved(params: Sequence[nn.Parameter], before: Sequence[torch.Tensor]) -> float:
+    """``||theta - theta_before||`` over a parameter list."""
+    return float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(params, before))))
+
+
+def three_step_update(model, source: dict[str, torch.Tensor], translated: dict[str, torch.Tensor] | None,
+                      y: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      align_optimizer: torch.optim.Optimizer | None = None, *, steps: Sequence[str] = STEPS,
+                      align_levels: Sequence[int] = (), dice_weight: float = 0.0,
+                      backward: Callable[[torch.Tensor], None] | None = None,
+                      clip: Callable[[], None] | None = None) -> dict[str, float]:
+    """MFM-DA's update for one batch of pairs: (1) align on the tokens, (2) source BCE, (3) translated BCE.
+
+    Args:
+        model: anything with ``encoder`` (cached prefix dict -> pyramid levels), ``head``, ``head_taps``
+            and ``out_size``: a :class:`Stage2Model` (or its accelerator-prepared parts).
+        source, translated: cached prefix outputs of the ``B`` source images and their translations.
+        y: ``(B, 2, S, S)`` disc and cup masks (the translations share them).
+        optimizer: steps (2)-(3), over every trainable parameter.
+        align_optimizer: step (1), over the Rein parameters only (needed when ``"align" in steps``).
+        steps: which of :data:`STEPS` run.
+        align_levels: indices of the pyramid levels entering ``L_align``.
+        dice_weight: soft Dice weight added to BCE (0: the authors' loss).
+        backward: ``loss -> None`` (default ``loss.backward()``; pass ``accelerator.backward``).
+        clip: called between backward and each optimizer step (gradient clipping), optional.
+
+    Returns:
+        ``loss_<step>`` for each step run; with ``align``: ``loss_align_after`` (the same batch after
+        step (1)), ``update_align`` and ``update_seg`` (how far step (1) and steps (2)-(3) moved the
+        Rein parameters).
+    """
+    backward = backward or (lambda loss: loss.backward())
+    optimizers = [o for o in (optimizer, align_optimizer) if o is not None]
+    tokens = [p for o in optimizers[1:] for g in o.param_groups for p in g["params"]]
+    logs: dict[str, float] = {}
+
+    def step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> float:
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        backward(loss)
+        if clip is not None:
+            clip()
+        opt.step()
+        return float(loss.detach())
+
+    def logits(cached: dict[str, torch.Tensor]) -> torch.Tensor:
+        levels = model.encoder(cached)
+        return model.head([levels[i] for i in model.head_taps], model.out_size)
+
+    def align_loss() -> torch.Tensor:
+        levels = model.encoder({k: torch.cat([source[k], translated[k]]) for k in source})  # one pass, 2B images
+        b = len(y)
+        return channel_spatial_alignment([levels[i][:b] for i in align_levels], [levels[i][b:] for i in align_levels])
+
+    if "align" in steps:  # (1) L_align, on the tokens only
+        if align_optimizer is None or not align_levels:
+            raise ValueError("three_step_update: the 'align' step needs an align_optimizer and align_levels")
+        before = _snapshot(tokens)
+        logs["loss_align"] = step(align_loss(), align_optimizer)
+        logs["update_align"] = _moved(tokens, before)
+        with torch.no_grad():
+            logs["loss_align_after"] = float(align_loss())
+        before = _snapshot(tokens)
+    if "source" in steps:  # (2) BCE on the source image
+        logs["loss_source"] = step(segmentation_loss(logits(source), y, dice_weight), optimizer)
+    if "translated" in steps:  # (3) the same on its translation, with the same label
+        logs["loss_translated"] = step(segmentation_loss(logits(translated), y, dice_weight), optimizer)
+    if "align" in steps and ("source" in steps or "translated" in steps):
+        logs["update_seg"] = _moved(tokens, before)
+    return logs
+
+
+def _save(path: Path, model: Stage2Model, optimizers: Sequence[torch.optim.Optimizer | None],
+          history: Stage2History) -> None:
+    payload = {"model": model.trainable_state(), "epochs": history.epochs,
+               "optimizers": [o.state_dict() if o is not None else None for o in optimizers]}
     with atomic_write(path) as handle:
         torch.save(payload, handle)
 
 
 def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: FeatureBank, labels: torch.Tensor,
-                 config: Stage2Config, *, translated: FeatureBank | None = None, accelerator=None,
-                 checkpoint: str | Path | None = None, progress: bool = True, desc: str = "stage 2",
+                 config: Stage2Config, *, align_optimizer: torch.optim.Optimizer | None = None,
+                 translated: FeatureBank | None = None, accelerator=None, checkpoint: str | Path | None = None,
+                 progress: bool = True, desc: str = "stage 2",
                  on_epoch_end: Callable[[int], None] | None = None) -> Stage2History:
     """Train the Rein tokens and the head with the three-step loop; resumable.
 
     Args:
-        model: from :func:`build_model`; only ``model.trainable_parameters()`` should be in ``optimizer``.
-        optimizer: built by the caller (the kit: ``AdamW(model.trainable_parameters(), config.lr, ...)``).
+        model: from :func:`build_model`.
+        optimizer, align_optimizer: from :func:`make_optimizers` (the caller builds them);
+            ``align_optimizer`` is required when ``config.steps`` has ``"align"``.
         source: cached prefix outputs of the ``N`` source images (:func:`encode_prefix`).
         labels: ``(N, 2, S, S)`` disc and cup masks of the source images (:func:`mask_targets`).
         config: what runs.
@@ -349,24 +490,23 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
     if needs_pairs and (translated is None or any(len(v) != n for v in translated.values())):
         raise ValueError("train_stage2: the 'align' and 'translated' steps need `translated` features, "
                          f"one per source image ({n})")
+    if ("align" in config.steps) != (align_optimizer is not None):
+        raise ValueError("train_stage2: pass align_optimizer exactly when config.steps has 'align' "
+                         "(build both with make_optimizers)")
     if accelerator is None:
         from accelerate import Accelerator
 
         accelerator = Accelerator()
     align_idx = _align_indices(model, config) if "align" in config.steps else []
-    align_optimizer = None
-    if align_idx and config.align_lr is not None:  # step (1) with its own SGD on the tokens (the paper's optimizer)
-        tokens = [p for p in model.encoder.parameters() if p.requires_grad]
-        align_optimizer = torch.optim.SGD(tokens, lr=config.align_lr, momentum=0.9, nesterov=True)
 
     history = Stage2History()
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_trainable_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if align_optimizer is not None and "align_optimizer" in state:
-            align_optimizer.load_state_dict(state["align_optimizer"])
+        for opt, saved in zip((optimizer, align_optimizer), state.get("optimizers", [])):
+            if opt is not None and saved is not None:
+                opt.load_state_dict(saved)
         history.epochs, history.resumed_from = list(state["epochs"]), len(state["epochs"])
 
     # Only modules with trainable parameters go through prepare (DDP rejects a fully frozen module).
@@ -375,29 +515,16 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
     head, optimizer = accelerator.prepare(model.head, optimizer)
     if align_optimizer is not None:
         align_optimizer = accelerator.prepare(align_optimizer)
-    optimizers = [optimizer] + ([align_optimizer] if align_optimizer is not None else [])
-    groups = [g for o in optimizers for g in o.param_groups]
-    for group in groups:
+    parts = SimpleNamespace(encoder=encoder, head=head, head_taps=model.head_taps, out_size=model.out_size)
+    for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     params = model.trainable_parameters()
+    clip = (lambda: accelerator.clip_grad_norm_(params, config.grad_clip)) if config.grad_clip is not None else None
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     per_process = (n // world) if world > 1 else n
     if per_process < 1:
         raise ValueError(f"train_stage2: {n} pairs cannot be shared by {world} processes")
     steps_per_epoch = -(-per_process // config.batch_size)
-    total = config.epochs * steps_per_epoch
-
-    def step(loss: torch.Tensor, opt: torch.optim.Optimizer = optimizer) -> float:
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if config.grad_clip is not None:
-            accelerator.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        return float(loss.detach())
-
-    def logits(cached: dict[str, torch.Tensor]) -> torch.Tensor:
-        return head([encoder(cached)[i] for i in model.head_taps], model.out_size)
 
     bar = tqdm(range(history.resumed_from, config.epochs), desc=desc, unit="epoch",
                disable=not progress or not accelerator.is_main_process)
@@ -405,34 +532,30 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         encoder.train()
         head.train()
         start = time.perf_counter()
+        for group in optimizer.param_groups:  # steps (2)-(3) decay per epoch; step (1) keeps its rate
+            group["lr"] = poly_lr(group["initial_lr"], epoch, config.epochs)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
         mine = order[:per_process * world][rank::world]
-        sums = {s: 0.0 for s in config.steps}
+        sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
-            t = epoch * steps_per_epoch + b
-            for group in groups:
-                group["lr"] = _poly(group["initial_lr"], t, total)
             idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
-            src, y = _take(source, idx, device), labels[idx].to(device)
-            trg = _take(translated, idx, device) if needs_pairs else None
-            if "align" in config.steps:  # (1) L_align on the tokens only: one forward over both halves
-                levels = encoder(_cat(src, trg))
-                k = len(idx)
-                sums["align"] += step(channel_spatial_alignment([levels[i][:k] for i in align_idx],
-                                                                [levels[i][k:] for i in align_idx]),
-                                      align_optimizer or optimizer)
-            if "source" in config.steps:  # (2) BCE (+ Dice) on the source image
-                sums["source"] += step(segmentation_loss(logits(src), y, config.dice_weight))
-            if "translated" in config.steps:  # (3) the same on its translation, same label
-                sums["translated"] += step(segmentation_loss(logits(trg), y, config.dice_weight))
-        record = {"epoch": epoch, **{f"loss_{s}": v / steps_per_epoch for s, v in sums.items()},
+            with accelerator.autocast():
+                logs = three_step_update(parts, _take(source, idx, device),
+                                         _take(translated, idx, device) if needs_pairs else None,
+                                         labels[idx].to(device), optimizer, align_optimizer, steps=config.steps,
+                                         align_levels=align_idx, dice_weight=config.dice_weight,
+                                         backward=accelerator.backward, clip=clip)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                  **{k: (v if k.startswith("update_") else v / steps_per_epoch) for k, v in sums.items()},
                   "seconds": time.perf_counter() - start}
         history.epochs.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.startswith("loss_")})
         if path is not None:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                _save(path, model, optimizer, history, align_optimizer)
+                _save(path, model, (optimizer, align_optimizer), history)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     model.eval()

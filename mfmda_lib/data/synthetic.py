@@ -323,7 +323,7 @@ def _rng(seed: int, domain: str, split: str, index: int) -> np.random.Generator:
 
 
 def generate_sample(domain: str, index: int, *, split: str = "train", size: int = 256, severity: float = 1.0,
-                    seed: int = 0) -> FundusSample:
+                    seed: int = 0, camera: str | None = None) -> FundusSample:
     """Render one synthetic fundus photograph with its disc and cup masks.
 
     Args:
@@ -333,6 +333,9 @@ def generate_sample(domain: str, index: int, *, split: str = "train", size: int 
         size: image side in pixels.
         severity: domain-shift severity (0 = source distribution, 1 = the domain as defined).
         seed: benchmark seed.
+        camera: acquire the same eye with another domain's camera (its style at ``severity``): the
+            anatomy and every random draw are ``domain``'s, only the acquisition traits change. A
+            synthetic-only oracle of what a perfect translation to that camera would look like.
 
     Returns:
         A :class:`FundusSample` with a ``(size, size, 3)`` uint8 image, exact masks,
@@ -367,7 +370,8 @@ def generate_sample(domain: str, index: int, *, split: str = "train", size: int 
     rgb = rgb * (1 - fade * arteries[..., None]) + _ARTERY_RGB * fade * arteries[..., None]
 
     fov_center = (disc.cx - 0.32 * size, disc.cy + rng.normal(0, 0.03) * size)  # the disc lies nasally
-    image = _acquire(np.clip(rgb, 0, 1), style, rng, xx, yy, fov_center)
+    camera_style = style if camera is None else style_at(camera, severity)
+    image = _acquire(np.clip(rgb, 0, 1), camera_style, rng, xx, yy, fov_center)
 
     disc_mask = disc_level <= 1.0
     cup_mask = (cup_level <= 1.0) & disc_mask

@@ -16,8 +16,12 @@ and ``f`` stay frozen. Variants, for the comparison in notebook 08:
 - ``"naive"``: plain fine-tuning on the K target images (``L_diff`` at every ``t``): the classic
   few-shot failure, the model memorises the K images.
 
-``L_diff`` on a target image is conditioned on that image itself (reconstruction), like the
-fusion block's pretraining. The loop is :func:`~.training.run_steps`: resumable and
+``L_diff`` on the target images is the *unconditional* noise-prediction loss (no content
+condition), as in the authors' code (``few_shot_forward(image, t=t, x_self_cond=None)``): the
+condition is used only for the source image's ``x0_hat``. (Conditioning it on the target image
+itself would teach the fusion block to copy its condition, pulling translations back to the
+source.) As in the authors' code the optimiser steps every other iteration, on the gradients of an
+even and an odd iteration together. The loop is :func:`~.training.run_steps`: resumable and
 deterministic per step. Each step logs its weighted terms (``l_dc``, ``l_style``, ``l_diff``) and
 ``l_target``, the unweighted noise-prediction loss on the target batch (comparable across variants).
 """
@@ -56,8 +60,9 @@ class Stage1Config:
         dc_weight, style_weight: multipliers of ``L_DC`` and ``L_style`` inside ``a(t) (...)``.
         diffusion_loss: ``"l1"`` or ``"mse"`` for ``L_diff``.
         seed: seeds step ``k`` with ``k``.
-        checkpoint_every: steps between resumable checkpoints.
-        grad_clip: max gradient norm.
+        checkpoint_every: steps between resumable checkpoints (a multiple of ``accumulate``).
+        grad_clip: max gradient norm (the authors: none).
+        accumulate: iterations per optimiser step (the authors: 2, an even and an odd iteration).
     """
 
     variant: str = "mfmda"
@@ -69,8 +74,9 @@ class Stage1Config:
     style_weight: float = 1.0
     diffusion_loss: str = "l1"
     seed: int = 0
-    checkpoint_every: int = 25
-    grad_clip: float | None = 1.0
+    checkpoint_every: int = 20
+    grad_clip: float | None = None
+    accumulate: int = 2
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS[1:]:
@@ -78,6 +84,9 @@ class Stage1Config:
                              f"adaptation), got {self.variant!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.lr <= 0:
             raise ValueError("steps, batch_size, checkpoint_every must be >= 1 and lr > 0")
+        if self.accumulate < 1 or self.checkpoint_every % self.accumulate:
+            raise ValueError(f"Stage1Config: accumulate ({self.accumulate}) must be >= 1 and divide checkpoint_every "
+                             f"({self.checkpoint_every})")
         if self.diffusion_loss not in ("l1", "mse"):
             raise ValueError(f"diffusion_loss must be 'l1' or 'mse', got {self.diffusion_loss!r}")
 
@@ -123,12 +132,12 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
     with torch.no_grad():
         f_source = encoder.encode(x_source)  # (N, D)
         f_target = encoder.encode(x_target)  # (K, D)
-        target_gram = gram_matrix(torch.cat([encoder.feature_maps(x_target[i:i + 8].to(device))
-                                             for i in range(0, len(x_target), 8)])).mean(0)  # (C, C)
+        pyramids = [encoder.feature_pyramid(x_target[i:i + 8].to(device)) for i in range(0, len(x_target), 8)]
+        target_gram = [gram_matrix(torch.cat(layer)).mean(0) for layer in zip(*pyramids)]  # per layer (C_l, C_l)
     c_source, c_target = f_source.mean(0), f_target.mean(0)  # (D,)
     diaa = DIAA(c_source, c_target) if config.variant == "mfmda" else None
     delta_static = (c_target - c_source).to(device)
-    f_source, target_gram = f_source.to(device), target_gram.to(device)
+    f_source, target_gram = f_source.to(device), [g.to(device) for g in target_gram]
 
     model.unet.requires_grad_(True)
     model.fusion.requires_grad_(True)
@@ -145,12 +154,10 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(weighted L_diff, unweighted L_diff) on a batch of target images at timesteps t."""
         idx = torch.randint(0, len(x_target), (len(t),), generator=g)
-        noise, content_noise = torch.randn((2, len(t), *x_target.shape[1:]), generator=g)
-        gate_noise = torch.randn(plain.bottleneck_shape(len(t)), generator=g)
-        x0, t, noise, content_noise, gate_noise, weight = (v.to(device) for v in (
-            x_target[idx], t, noise, content_noise, gate_noise, weight))
+        noise = torch.randn((len(t), *x_target.shape[1:]), generator=g)
+        x0, t, noise, weight = (v.to(device) for v in (x_target[idx], t, noise, weight))
         with accelerator.autocast():
-            eps_hat = model(q_sample(x0, t, noise, alpha_bar), t, q_sample(x0, t, content_noise, alpha_bar), gate_noise)
+            eps_hat = model(q_sample(x0, t, noise, alpha_bar), t)  # unconditional: no x_c (the authors' code)
         return (diffusion_loss(noise, eps_hat, config.diffusion_loss, weight),
                 diffusion_loss(noise, eps_hat.detach(), config.diffusion_loss))
 
@@ -174,8 +181,8 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         with accelerator.autocast():
             eps_hat = model(x_t, t, q_sample(x_s, t, content_noise, alpha_bar), gate_noise)
         x0_hat = predict_x0(x_t, t, eps_hat.float(), alpha_bar)  # (B, 3, S, S) x0_hat^{S->T}
-        maps = encoder.feature_maps(x0_hat)  # (B, C, N): gradients flow to x0_hat, f itself is frozen
-        f_hat = encoder.standardise(maps.mean(dim=2))  # (B, D)
+        maps = encoder.feature_pyramid(x0_hat)  # [(B, C_l, N_l)]: gradients flow to x0_hat, f itself is frozen
+        f_hat = encoder.standardise(maps[-1].mean(dim=2))  # (B, D): the deepest unit, pooled
         delta = diaa(f_source[idx.to(device)]) if diaa is not None else delta_static  # (B, D) or (D,)
         l_dc = distribution_consistency_loss(f_hat, f_source[idx.to(device)], delta, w_dir)
         l_style = style_loss(maps, target_gram, w_dir)
@@ -187,6 +194,6 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
     history = run_steps(step_fn, steps=config.steps, modules=modules, optimizer=optimizer, accelerator=accelerator,
                         seed=config.seed, checkpoint=checkpoint, checkpoint_every=config.checkpoint_every,
                         grad_clip=config.grad_clip, callback=callback, desc=f"stage 1 ({config.variant})",
-                        keep_optimizer=False, progress=progress)
+                        keep_optimizer=False, progress=progress, accumulate=config.accumulate)
     return Stage1State(plain.eval(), accelerator.unwrap_model(diaa).eval() if diaa is not None else None,
                        history, delta_static.cpu())

@@ -38,7 +38,8 @@ from .checkpoint import read_sidecar
 from .source import load_source_ddpm, source_ddpm_path
 from .stage1 import feature_encoder, source_samples, stage1_dir, target_samples, translated_source
 
-__all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa"]
+__all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
+           "translation_ceiling", "CEILING_ROWS"]
 
 SOURCE_ROW = "source (untranslated)"
 
@@ -91,6 +92,70 @@ def adapted_diaa(profile: Profile, target_domain: str) -> DIAA | None:
     return diaa.eval()
 
 
+def gap_meter(profile: Profile, target_domain: str, segmenter, cache=None):
+    """``images -> gap_left`` in the held-out feature: LiteMedSAM's full-encoder pooled embedding (256-d).
+
+    ``gap_left(images) = |mean e(images) - mean e(target)| / |mean e(source) - mean e(target)|`` over the
+    first ``stage1_eval_images`` source images and as many of the target's training images: 1 = the
+    domain gap untouched, 0 = closed. No stage-1 loss uses this embedding (``f`` is LiteMedSAM's
+    convolutional stem at the DDPM's resolution), so it is a check the translation was not trained on.
+    """
+    from ..experiments import benchmark_samples
+    from ..models import pooled_embeddings
+    from .stage1 import source_samples
+
+    sources = source_samples(profile)
+    reference = benchmark_samples(profile, "train", profile.train_per_domain, domains=[target_domain])
+    n = min(profile.stage1_eval_images, len(sources), len(reference))
+
+    def embed(images):
+        return pooled_embeddings(segmenter, list(images)[:n], cache, batch_size=profile.encoder_batch_size,
+                                 progress=False).mean(0)  # (256,)
+
+    centre = embed([s.image for s in reference])
+    gap_source = max(float(np.linalg.norm(embed([s.image for s in sources]) - centre)), 1e-12)
+    return lambda images: float(np.linalg.norm(embed(images) - centre)) / gap_source
+
+
+#: rows of :func:`translation_ceiling`
+CEILING_ROWS = ("oracle camera, full resolution", "oracle camera through the DDPM's resolution")
+
+
+def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None, cache=None) -> pd.DataFrame:
+    """How much of the held-out gap can *any* translation at the DDPM's resolution close?
+
+    The synthetic benchmark can re-acquire each source eye with the target's camera
+    (:func:`~mfmda_lib.data.synthetic.generate_sample` with ``camera=``): a perfect translation, same
+    anatomy. Its ``gap_left`` at full resolution, and after it is squeezed through the DDPM's
+    resolution and brought back with the kit's glue (:func:`~.translate.to_full_resolution`, the
+    profile's translation settings), bound what stage 1 can reach here.
+
+    Returns:
+        Index :data:`CEILING_ROWS`; columns ``gap_left``, ``disc_dice``, ``cup_dice`` (structure, as in
+        :func:`compare_variants`).
+    """
+    from ..data.synthetic import generate_sample
+    from ..experiments import model_and_cache
+    from .ddpm import to_tensor as _to_tensor
+    from .stage1 import source_samples, translate_config
+    from .translate import to_full_resolution
+
+    if segmenter is None:
+        segmenter, cache = model_and_cache("litemedsam")
+    sources = source_samples(profile)[:profile.stage1_eval_images]
+    oracle = [generate_sample(s.domain, int(s.sample_id.rsplit("_", 1)[1]), split="train", size=profile.image_size,
+                              severity=profile.severity, seed=profile.seed, camera=target_domain).image for s in sources]
+    size = profile.ddpm_image_size
+    squeezed = to_full_resolution([s.image for s in sources], _to_tensor(oracle, size),
+                                  translate_config(profile).change_low_pass)
+    gap = gap_meter(profile, target_domain, segmenter, cache)
+    rows = []
+    for name, images in zip(CEILING_ROWS, (oracle, squeezed)):
+        rows.append({"row": name, "gap_left": gap(images),
+                     **structure_preservation(segmenter, sources, images, cache, batch_size=profile.encoder_batch_size)})
+    return pd.DataFrame(rows).set_index("row")
+
+
 def compare_variants(profile: Profile, target_domain: str, variants: Sequence[str] = VARIANTS, *,
                      segmenter=None, cache=None, progress: bool = True) -> Stage1Comparison:
     """Run (or load) every variant on ``target_domain`` and score it.
@@ -117,13 +182,8 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
                               segmenter.device if reuse else None, segmenter.image_encoder if reuse else None)
     f_reference = encoder.encode([s.image for s in reference], size)  # (M, D)
     f_k = encoder.encode([s.image for s in targets], size)  # (K, D)
-    from ..models import pooled_embeddings
-
     n_eval = min(profile.stage1_eval_images, len(sources), len(reference))
-    embed = lambda images: pooled_embeddings(segmenter, images[:n_eval], cache,  # noqa: E731
-                                             batch_size=profile.encoder_batch_size, progress=False).mean(0)
-    centre_target = embed([s.image for s in reference])  # (256,)
-    gap_source = float(np.linalg.norm(embed([s.image for s in sources]) - centre_target))
+    gap = gap_meter(profile, target_domain, segmenter, cache)
 
     translations, seconds, rows = {}, {}, []
     candidates = [(SOURCE_ROW, sources)]
@@ -139,7 +199,7 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
         structure = structure_preservation(segmenter, sources[:n_eval], images[:n_eval], cache,
                                            batch_size=profile.encoder_batch_size)
         rows.append({"method": name, "fd_f": frechet_distance(f_gen, f_reference),
-                     "gap_left": float(np.linalg.norm(embed(images) - centre_target)) / max(gap_source, 1e-12),
+                     "gap_left": gap(images),
                      "diversity": intra_cluster_diversity(f_gen, f_k), **structure})
     table = pd.DataFrame(rows).set_index("method")
     histories = {v: stage1_history(profile, target_domain, v) for v in variants}

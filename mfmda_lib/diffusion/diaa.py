@@ -18,9 +18,12 @@ image in the feature space of a frozen encoder ``f`` (:mod:`.features`):
 
       g = sigmoid( W_g ReLU( W_e f(x_S) ) ),     Delta = g * Delta_dynamic + (1 - g) * Delta_static
 
-``W_g`` starts at zero with bias -5, so ``g = sigmoid(-5) ~ 0.007`` for every image and ``W2``
-starts small: at initialisation ``Delta ~ Delta_static``. Training (through the
-distribution-consistency loss) opens the gate only where the instance-aware direction helps.
+Initialisation, as in the authors' ``DirectionAdapter``: ``W1`` and ``W2`` drawn from ``N(0, 0.01)``
+with zero biases (``Delta_dynamic`` starts near 0), ``W_e`` and ``W_g`` with PyTorch's default
+initialisation and ``W_g``'s bias at -5, so ``g ~ sigmoid(-5) ~ 0.007`` (a little different per image):
+at initialisation ``Delta ~ Delta_static``. Training (through the distribution-consistency loss)
+opens the gate only where the instance-aware direction helps; :meth:`DIAA.gate` of the target
+images after training says whether it did.
 Shapes: ``D`` = feature dimension, ``B`` = batch.
 """
 from __future__ import annotations
@@ -41,11 +44,12 @@ class DIAA(nn.Module):
         c_target: ``(D,)`` target centroid ``c_T``.
         hidden: width of the dynamic branch (``4 D`` in MFM-DA: 512 -> 2048 -> 512).
         gate_hidden: width of the gate branch (``D / 2``: 512 -> 256 -> 1).
-        init_std: standard deviation of ``W2``'s initial weights (small: ``Delta_dynamic ~ 0``).
+        init_std: standard deviation of ``W1``'s and ``W2``'s initial weights (the authors': 0.01).
+        seed: seed of the initialisation (the global RNG is left untouched).
     """
 
     def __init__(self, c_source: torch.Tensor, c_target: torch.Tensor, *, hidden: int | None = None,
-                 gate_hidden: int | None = None, init_std: float = 1e-3) -> None:
+                 gate_hidden: int | None = None, init_std: float = 0.01, seed: int = 0) -> None:
         super().__init__()
         if c_source.ndim != 1 or c_source.shape != c_target.shape:
             raise ValueError(f"c_source and c_target must be (D,) vectors of one size, got "
@@ -53,13 +57,15 @@ class DIAA(nn.Module):
         dim = c_source.numel()
         self.register_buffer("c_source", c_source.detach().float().clone())
         self.register_buffer("c_target", c_target.detach().float().clone())
-        self.w1 = nn.Linear(dim, hidden or 4 * dim)
-        self.w2 = nn.Linear(hidden or 4 * dim, dim)
-        self.w_e = nn.Linear(dim, gate_hidden or max(1, dim // 2))
-        self.w_g = nn.Linear(gate_hidden or max(1, dim // 2), 1)
-        nn.init.normal_(self.w2.weight, std=init_std)
-        nn.init.zeros_(self.w2.bias)
-        nn.init.zeros_(self.w_g.weight)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.w1 = nn.Linear(dim, hidden or 4 * dim)
+            self.w2 = nn.Linear(hidden or 4 * dim, dim)
+            self.w_e = nn.Linear(dim, gate_hidden or max(1, dim // 2))
+            self.w_g = nn.Linear(gate_hidden or max(1, dim // 2), 1)
+            for layer in (self.w1, self.w2):
+                nn.init.normal_(layer.weight, std=init_std)
+                nn.init.zeros_(layer.bias)
         nn.init.constant_(self.w_g.bias, GATE_BIAS_INIT)
 
     @property

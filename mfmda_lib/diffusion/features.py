@@ -75,14 +75,21 @@ class FrozenFeatureEncoder(nn.Module):
     def train(self, mode: bool = True) -> "FrozenFeatureEncoder":
         return super().train(False)  # frozen: BatchNorm statistics never update
 
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder features of images in ``[-1, 1]``: ``(B, 3, H, W)`` -> ``(B, C, N)`` (N positions)."""
+    def feature_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every unit's output for images in ``[-1, 1]``: ``(B, 3, H, W)`` -> ``[(B, C_l, N_l)]``, shallow to deep.
+
+        These are the layers of the Gram (style) loss, each at the resolution the unit computes it.
+        """
         h = resize((low_pass(x, self.low_pass) + 1) / 2, self.input_size)  # LiteMedSAM's input: RGB in [0, 1]
+        out = []
         for block in self.blocks:
             h = block(h)
-        if h.ndim == 3:  # TinyViT tokens (B, N, C)
-            return h.transpose(1, 2)  # (B, C, N)
-        return h.flatten(2)  # (B, C, h * w)
+            out.append(h.transpose(1, 2) if h.ndim == 3 else h.flatten(2))  # tokens (B, N, C) or maps -> (B, C, N)
+        return out
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The deepest unit's features: ``(B, 3, H, W)`` -> ``(B, C, N)`` (N positions); ``f`` pools them."""
+        return self.feature_pyramid(x)[-1]
 
     def standardise(self, pooled: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` raw pooled features -> centred and scaled with the calibration statistics."""

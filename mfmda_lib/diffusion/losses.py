@@ -24,6 +24,8 @@ of target images dominates.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 __all__ = ["A_MAX", "a_weight", "stage1_weights", "distribution_consistency_loss", "gram_matrix",
@@ -74,18 +76,30 @@ def gram_matrix(maps: torch.Tensor) -> torch.Tensor:
     return maps @ maps.transpose(1, 2) / maps.shape[2]
 
 
-def style_loss(maps: torch.Tensor, target_gram: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Relative Gram (style) loss ``||G(x) - G_T||^2 / ||G_T||^2``.
+def style_loss(maps: torch.Tensor | Sequence[torch.Tensor], target_gram: torch.Tensor | Sequence[torch.Tensor],
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Relative Gram (style) loss ``||G(x) - G_T||^2 / ||G_T||^2``, averaged over layers.
+
+    The authors sum ``||G(x) - G(x_T^k)||^2`` over four VGG16 layers and average it over the K target
+    images; against the *mean* target Gram ``G_T`` the gradient is the same (the two differ by a
+    constant), and dividing by ``||G_T||^2`` gives every layer the same scale.
 
     Args:
-        maps: ``(B, C, N)`` feature maps of the generated images.
-        target_gram: ``(C, C)`` mean Gram matrix of the K target images.
+        maps: ``(B, C, N)`` feature maps of the generated images, or one per layer ``[(B, C_l, N_l)]``.
+        target_gram: ``(C, C)`` mean Gram matrix of the K target images, or one per layer.
         weight: ``(B,)`` per-image weights.
 
     Returns:
         scalar.
     """
-    g = gram_matrix(maps)  # (B, C, C)
-    per_image = ((g - target_gram) ** 2).flatten(1).sum(1) / (target_gram ** 2).sum().clamp_min(1e-12)  # (B,)
+    if isinstance(maps, torch.Tensor):
+        maps, target_gram = [maps], [target_gram]
+    if len(maps) != len(target_gram):
+        raise ValueError(f"style_loss: {len(maps)} layers of maps but {len(target_gram)} target Gram matrices")
+    per_image = 0
+    for m, g_t in zip(maps, target_gram):
+        g = gram_matrix(m)  # (B, C, C)
+        per_image = per_image + ((g - g_t) ** 2).flatten(1).sum(1) / (g_t ** 2).sum().clamp_min(1e-12)  # (B,)
+    per_image = per_image / len(maps)
     return (per_image if weight is None else per_image * weight).mean()
 

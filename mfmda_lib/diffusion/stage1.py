@@ -54,7 +54,7 @@ __all__ = ["stage1_config", "translate_config", "feature_encoder", "source_sampl
 def stage1_config(profile: Profile, variant: str = "mfmda") -> Stage1Config:
     """Adaptation settings: ``stage1_steps`` iterations of ``stage1_batch_size`` images."""
     return Stage1Config(variant=variant, steps=profile.stage1_steps, batch_size=profile.stage1_batch_size,
-                        seed=profile.seed, checkpoint_every=max(1, min(25, profile.stage1_steps)))
+                        seed=profile.seed, checkpoint_every=2 * max(1, min(10, profile.stage1_steps // 2)))
 
 
 def translate_config(profile: Profile) -> TranslateConfig:

@@ -145,7 +145,7 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
               seed: int, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
               ema: EMAModel | None = None, lr_scheduler=None, grad_clip: float | None = 1.0,
               callback: Callable[[int, dict], None] | None = None, desc: str = "train",
-              keep_optimizer: bool = True, progress: bool = True) -> StepHistory:
+              keep_optimizer: bool = True, progress: bool = True, accumulate: int = 1) -> StepHistory:
     """Run ``steps`` optimisation steps, resuming from ``checkpoint`` when it exists.
 
     Args:
@@ -162,11 +162,16 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
         callback: ``(step, logs)`` after each step (e.g. to record or to stop a demo).
         keep_optimizer: keep the optimizer state in the final checkpoint (False: a smaller file that
             can be reloaded but not continued to more steps).
+        accumulate: the optimiser steps once every ``accumulate`` steps, on their summed gradients
+            (MFM-DA stage 1: 2, an even and an odd iteration); ``checkpoint_every`` must be a multiple.
         desc, progress: the tqdm bar.
 
     Returns:
         the :class:`StepHistory` of all steps, resumed ones included.
     """
+    if accumulate < 1 or checkpoint_every % accumulate:
+        raise ValueError(f"run_steps: accumulate ({accumulate}) must be >= 1 and divide checkpoint_every "
+                         f"({checkpoint_every}), so no checkpoint falls between accumulated steps")
     history = StepHistory()
     extras = {k: v for k, v in (("ema", ema), ("lr_scheduler", lr_scheduler)) if v is not None}
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -191,17 +196,19 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
     start = time.perf_counter()
     bar = tqdm(range(history.resumed_from, steps), desc=desc, disable=not progress or not accelerator.is_main_process,
                unit="step", initial=history.resumed_from, total=steps)
+    optimizer.zero_grad(set_to_none=True)
     for step in bar:
         loss, logs = step_fn(step, step_generator(seed, step, accelerator.process_index))
-        optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        if grad_clip is not None:
-            accelerator.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        if lr_scheduler is not None:
-            lr_scheduler.step()
-        if ema is not None:
-            ema.step(params)
+        if (step + 1) % accumulate == 0 or step + 1 == steps:
+            if grad_clip is not None:
+                accelerator.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            if ema is not None:
+                ema.step(params)
         record = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
         history.steps.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")

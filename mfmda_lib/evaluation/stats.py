@@ -11,7 +11,9 @@ verdict in the kit goes through this module:
 - :func:`compare` matches two methods' per-image rows by ``(seed, domain, sample_id)``, computes
   the difference ``A - B`` per seed and image, and says ``"better"`` or ``"worse"`` only when the
   95% interval of that difference excludes 0, else ``"no difference measured"``;
-- :func:`seed_table` gives each method's mean with its interval, for a table.
+- :func:`seed_table` gives each method's mean with its interval, for a table;
+- :func:`gap_closed` gives the share of the gap between a baseline and an oracle that a method
+  closes, ``(A - B) / (O - B)``, with the same two-stage interval.
 
 Rows are the flat dicts every notebook collects (one per image and seed): they need ``seed``,
 ``domain``, ``sample_id``, the method key and the metric.
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["NO_DIFFERENCE", "seed_image_bootstrap", "verdict_word", "Comparison", "compare", "seed_table",
-           "seed_matrix"]
+           "seed_matrix", "gap_closed"]
 
 #: What a verdict says when the interval of the paired difference contains 0.
 NO_DIFFERENCE = "no difference measured"
@@ -60,13 +62,16 @@ def seed_image_bootstrap(values: np.ndarray, *, n_resamples: int = 2000, confide
     s, n = x.shape
     if s * n == 1:
         return estimate, estimate, estimate
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, s, size=(n_resamples, s))                  # (B, S)
-    images = rng.integers(0, n, size=(n_resamples, n))                 # (B, N)
+    seeds, images = _resample_indices(s, n, n_resamples, seed)
     stats = x[seeds[:, :, None], images[:, None, :]].mean(axis=(1, 2))  # (B,)
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     return estimate, float(lo), float(hi)
+
+
+def _resample_indices(s: int, n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, s, size=(n_resamples, s)), rng.integers(0, n, size=(n_resamples, n))  # (B, S), (B, N)
 
 
 def verdict_word(low: float, high: float, *, higher_is_better: bool = True) -> str:
@@ -173,3 +178,46 @@ def seed_table(rows: Sequence[dict], metrics: Sequence[str], *, by: str = "metho
             entry.update({"n_seeds": len(seeds), "n_images": len(images), m: est, f"{m}_lo": lo, f"{m}_hi": hi})
         out.append(entry)
     return pd.DataFrame(out).set_index(by)
+
+
+def gap_closed(rows: Sequence[dict], metric: str, method: str, baseline: str, oracle: str, *, by: str = "method",
+               match: Sequence[str] = ("domain", "sample_id"), seed_key: str = "seed", n_resamples: int = 2000,
+               confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Share of the ``baseline -> oracle`` gap that ``method`` closes: ``mean(A - B) / mean(O - B)``.
+
+    The three methods are matched on ``(seed, image)``; numerator and denominator are resampled
+    together (same seeds, same images) for the percentile interval. 1 = as good as the oracle,
+    0 = no better than the baseline, < 0 = worse. ``nan`` when the oracle does not beat the baseline
+    on average (there is no gap to close).
+
+    Returns:
+        ``(share, low, high)``.
+    """
+    tables = {}
+    for name in (method, baseline, oracle):
+        mine = [r for r in rows if r.get(by) == name]
+        if not mine:
+            raise ValueError(f"gap_closed: no rows for {by} == {name!r}")
+        tables[name] = {(r.get(seed_key, 0), *_key(r, match)): r.get(metric) for r in mine}
+    keys = [k for k in tables[method] if k in tables[baseline] and k in tables[oracle]]
+    if not keys:
+        raise ValueError(f"gap_closed: {method!r}, {baseline!r} and {oracle!r} share no (seed, image) pairs")
+    pairs = [{seed_key: k[0], **dict(zip(match, k[1:])),
+              "num": tables[method][k] - tables[baseline][k], "den": tables[oracle][k] - tables[baseline][k]}
+             for k in keys if None not in (tables[method][k], tables[baseline][k], tables[oracle][k])]
+    num, _, _ = seed_matrix(pairs, "num", match=match, seed_key=seed_key)
+    den, _, _ = seed_matrix(pairs, "den", match=match, seed_key=seed_key)
+    keep = np.isfinite(num).all(axis=0) & np.isfinite(den).all(axis=0)
+    num, den = num[:, keep], den[:, keep]
+    if num.size == 0 or den.mean() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    share = float(num.mean() / den.mean())
+    s, n = num.shape
+    seeds, images = _resample_indices(s, n, n_resamples, seed)
+    pick = (seeds[:, :, None], images[:, None, :])
+    d = den[pick].mean(axis=(1, 2))
+    ratios = np.where(d > 0, num[pick].mean(axis=(1, 2)) / np.where(d > 0, d, 1), np.nan)
+    ratios = ratios[np.isfinite(ratios)]
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(ratios, [alpha, 1 - alpha]) if ratios.size else (np.nan, np.nan)
+    return share, float(lo), float(hi)
