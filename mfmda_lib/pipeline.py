@@ -98,7 +98,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
             cached translations are still reused when their settings match).
         log: where stage messages go.
     """
-    from .align.experiment import DEFAULT_METHODS
+    from .align.experiment import PIPELINE_METHODS
     from .diffusion.source import load_source_ddpm
     from .diffusion.training import make_accelerator
 
@@ -115,7 +115,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
         (run_dir / "state.json").unlink()
     state = RunState(run_dir)
     result = PipelineResult(profile.name, run_dir)
-    methods = list(config.methods or DEFAULT_METHODS)
+    methods = list(config.methods or PIPELINE_METHODS)
     log(f"mfmda run | profile {profile.name} | device {get_device()} | run folder {run_dir}")
     accelerator = make_accelerator(get_device())
 
@@ -143,8 +143,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
     stage2_out: dict = {}
 
     def stage2() -> dict:
-        res = run_stage2(profile, source, translated, methods=methods, checkpoint_dir=run_dir / "stage2",
-                         accelerator=accelerator, progress=progress)
+        res = run_stage2(profile, source, translated, methods=methods, accelerator=accelerator, progress=progress)
         stage2_out["result"] = res
         atomic_write_json(run_dir / "stage2_rows.json", {"rows": res.rows, "costs": res.costs,
                                                           "targets": res.targets, "seconds": res.seconds})
@@ -152,8 +151,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
 
     _stage(state, "stage2", result.seconds, log, stage2)
     if "result" not in stage2_out:  # finished earlier: weights are checkpointed, scoring is cheap
-        stage2_out["result"] = run_stage2(profile, source, translated, methods=methods,
-                                          checkpoint_dir=run_dir / "stage2", accelerator=accelerator, progress=progress)
+        stage2_out["result"] = run_stage2(profile, source, translated, methods=methods, accelerator=accelerator,
+                                          progress=progress)
     res = stage2_out["result"]
     result.table, result.summary = res.table(), res.summary()
 

@@ -75,6 +75,9 @@ def test_untrained_rein_leaves_features_nearly_unchanged_and_only_rein_trains():
     assert set(projections) == {"12", "16"}  # one shared projection per width
     block = dict(wrapped)["layers.2.blocks.3"]
     assert block.proj is projections["12"] and dict(wrapped)["layers.2.blocks.4"].proj is projections["12"]
+    assert len([n for n, _ in projections.named_parameters() if n.endswith("rein_scale")]) == 2  # one s per width
+    with pytest.raises(ValueError, match="n_tokens"):
+        ReinConfig(n_tokens=1)
     x = torch.randn(2, 16, 12)
     with torch.no_grad():
         plain, adapted = block.block(x), block(x)

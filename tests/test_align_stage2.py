@@ -57,7 +57,8 @@ def test_only_rein_and_head_train_and_align_step_skips_the_head():
     rein_before = {k: v.clone() for k, v in model.trainable_state().items() if "rein_" in k}
     history = train_stage2(model, optimizer, source, y, model_config := _config(steps=("align",), epochs=1),
                            align_optimizer=align, translated=translated, accelerator=Accelerator(cpu=True), progress=False)
-    assert set(history.epochs[0]) == {"epoch", "lr", "loss_align", "loss_align_after", "update_align", "seconds"}
+    assert set(history.epochs[0]) == {"epoch", "lr", "loss_align", "loss_align_before", "loss_align_after",
+                                      "update_align", "seconds"}
     assert model_config.steps == ("align",)
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in frozen.items())  # the foundation model never moves
     assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head_before.items())  # step 1: tokens only
@@ -72,8 +73,8 @@ def test_three_steps_reduce_the_loss_and_predict():
     history = train_stage2(model, optimizer, source, y, _config(epochs=8), align_optimizer=align,
                            translated=translated, progress=False)
     first, last = history.epochs[0], history.epochs[-1]
-    assert set(first) == {"epoch", "lr", "loss_align", "loss_align_after", "loss_source", "loss_translated",
-                          "update_align", "update_seg", "seconds"}
+    assert set(first) == {"epoch", "lr", "loss_align", "loss_align_before", "loss_align_after", "loss_source",
+                          "loss_translated", "update_align", "update_seg", "seconds"}
     assert last["loss_source"] < first["loss_source"] and last["loss_translated"] < first["loss_translated"]
     assert predict_logits(model, source, batch_size=3).shape == (4, 2, 32, 32)
     with pytest.raises(ValueError, match="need `translated`"):
@@ -157,7 +158,7 @@ def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
         experiment.run_stage2(profile, source, translated, methods=["magic"], **kwargs)
 
     # a user's own target folder: no labels, masks only (the mfmda model above is reused from its checkpoint)
-    kwargs.pop("test"), kwargs.pop("target_images_by_target")
+    kwargs.pop("test"), kwargs.pop("target_images_by_target"), kwargs.pop("oracle_by_target")
     images = [s.image for s in test["riga_binrushed"]]
     masks = experiment.predict_target_masks(profile, source, translated["riga_binrushed"], images, **kwargs)
     assert len(masks) == 2 and masks[0][0].shape == (32, 32) and masks[0][0].dtype == bool

@@ -61,6 +61,7 @@ from .stage2 import (FeatureBank, Stage2Config, Stage2History, Stage2Model, buil
                      logits_to_masks, make_optimizers, mask_targets, predict_logits, train_stage2)
 
 __all__ = ["Method", "METHODS", "BASELINES", "UNSUPERVISED_BASELINES", "ABLATIONS", "HEADLINE", "DEFAULT_METHODS",
+           "PIPELINE_METHODS", "stage2_seeds",
            "METRICS", "stage2_config", "oracle_samples",
            "source_samples", "target_images", "test_samples", "translations", "Stage2Result", "run_stage2",
            "predict_target_masks", "sam_reference_rows"]
@@ -86,6 +87,7 @@ class Method:
         changes: :class:`Stage2Config` fields changed from the profile's base config
             (``align_taps="last"`` means the deepest tap).
         kind: ``"train"``, ``"tent"`` (test-time adaptation of ``source_only``) or ``"reference"``.
+        warm_up: start from the kit's warm-up of the head (``False``: from scratch, as the authors).
     """
 
     name: str
@@ -94,6 +96,7 @@ class Method:
     steps: tuple[str, ...] = ("source",)
     changes: tuple[tuple[str, object], ...] = ()
     kind: str = "train"
+    warm_up: bool = True
 
     @property
     def per_target(self) -> bool:
@@ -127,16 +130,22 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            (("optimizer", "adamw"), ("lr", 1e-2))),
     Method("mfmda_levels", "ablation: tokens on the pyramid levels only (not after every block)", "stage1", _ALL,
            (("rein_placement", "levels"),)),
+    Method("mfmda_no_warmup", "ablation: no warm-up of the head (the authors' from-scratch start, in this budget)",
+           "stage1", _ALL, warm_up=False),
     Method("oracle", "trained on the target's own labelled images (upper bound, not UDA)", "oracle"),
 )}
 BASELINES = ("source_only", "fda", "histogram_matching", "tent", "sam_decoder_adapter", "translation_only",
              "alignment_only")
 #: the baselines MFM-DA must beat: unsupervised, not the box-prompted reference row
 UNSUPERVISED_BASELINES = tuple(m for m in BASELINES if METHODS[m].kind != "reference")
-ABLATIONS = ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last", "mfmda_adamw", "mfmda_levels")
+ABLATIONS = ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last", "mfmda_adamw", "mfmda_levels",
+             "mfmda_no_warmup")
 #: the comparison every verdict rests on: trained with every seed of the profile (ablations: the first seed)
 HEADLINE = ("source_only", *[m for m in UNSUPERVISED_BASELINES if m != "source_only"], "mfmda", "oracle")
 DEFAULT_METHODS = (*BASELINES, "mfmda", "oracle", *ABLATIONS)
+#: what ``mfmda run`` trains on the benchmark: the headline comparison and the (free) reference row; the
+#: ablations are notebook 09's, on one target
+PIPELINE_METHODS = (*HEADLINE, "sam_decoder_adapter")
 
 
 def stage2_config(profile: Profile, seed: int | None = None) -> Stage2Config:
@@ -373,12 +382,13 @@ def _score(method: str, model: Stage2Model, segmenter: PromptableSegmenter, bank
 
 def _tent_rows(profile: Profile, model: Stage2Model, segmenter: PromptableSegmenter, bank: FeatureBank,
                samples: Sequence[FundusSample]) -> tuple[list[dict], list]:
-    """Tent, online within one domain: batches of ``tta_batch_size`` test images, ``tta_steps`` steps each."""
+    """Tent, online within one domain: batches of ``tta_batch_size`` test images, one step each, predicting
+    with the outputs of the forward pass that made the update (as the authors' ``forward_and_adapt``)."""
     device = next(model.head.parameters()).device
     with torch.no_grad():
         model.eval()
         levels = model.head_input(model.encoder({k: v.to(device) for k, v in bank.items()}))  # fixed features
-    tent = Tent(_HeadOnLevels(model), TTAConfig(steps=profile.tta_steps, seed=profile.seed))
+    tent = Tent(_HeadOnLevels(model), TTAConfig(seed=profile.seed))
     out, b = [], profile.tta_batch_size
     for i in range(0, len(samples), b):
         out.append(tent.adapt([f[i:i + b] for f in levels]).detach())
@@ -446,35 +456,59 @@ class _Runner:
                            "from_checkpoint": history.resumed_from == cfg.epochs})
         return model
 
-    def warm_start(self, cfg: Stage2Config, source: tuple[FeatureBank, torch.Tensor] | None = None,
-                   source_digest: str | None = None) -> tuple[dict, str]:
-        """The source-only warm-up of the head (no tokens yet), trained once per head shape, seed and data."""
-        wcfg = cfg.replace(steps=("source",), epochs=self.profile.stage2_warmup_epochs, align_taps=None, use_rein=False)
-        digest = _digest(wcfg.digest(), source_digest or self.source_digest)
+    def warm_start(self, cfg: Stage2Config, source: tuple[FeatureBank, torch.Tensor], source_name: str,
+                   source_samples: Sequence[FundusSample], source_digest: str,
+                   pair: Sequence[FundusSample] | None, pair_name: str) -> tuple[dict, str]:
+        """Phase 1, the kit's warm-up: the head alone learns to segment the method's own training images.
+
+        The kit's budget device, not the authors' (they train each model from scratch for 100 epochs, a
+        budget in which their SGD has thousands of steps to move): :data:`WARMUP_CHANGES` (AdamW, BCE + Dice,
+        clipped), no tokens and no alignment, on the whole frozen encoder's cached levels, for
+        ``stage2_warmup_epochs``, on the method's segmentation steps (the source, and its paired images if the
+        method segments them). Phase 2 (:meth:`train`) is the method as the authors run it. Trained once per
+        head, seed and data.
+        """
+        steps = tuple(s for s in cfg.steps if s != "align")
+        wcfg = cfg.replace(steps=steps, epochs=self.profile.stage2_warmup_epochs, align_taps=None, use_rein=False,
+                           rein_from=None, **WARMUP_CHANGES)
+        pair = pair if "translated" in steps else None
+        digest = _digest(wcfg.digest(), source_digest, _images_digest(pair))
         if digest not in self._warm:
-            model = self.fit(wcfg, None, f"warmup_{wcfg.digest()}_{source_digest or self.source_digest}.pt",
-                             ("warm-up", f"head: {wcfg.head_levels}", f"seed {cfg.seed}"), source=source)
+            prefix = self.prefix_for(wcfg)
+            bank = (self.banks.get(prefix, source_name, source_samples), source[1])
+            pair_bank = self.banks.get(prefix, pair_name, pair) if pair is not None else None
+            model = self.fit(wcfg, pair_bank, f"warmup_{wcfg.digest()}_{digest}.pt",
+                             ("warm-up", f"{source_name}+{pair_name if pair is not None else '-'}", cfg.seed),
+                             source=bank)
             self._warm[digest] = (model.trainable_state(), digest)
         return self._warm[digest]
 
     def train(self, method: Method, key: tuple, pair: Sequence[FundusSample] | None, pair_name: str, *,
               seed: int | None = None, oracle: Sequence[FundusSample] | None = None) -> Stage2Model:
-        """The warm-up, then ``method``'s own epochs on the source paired with ``pair``.
+        """Phase 1, the warm-up of the head (:meth:`warm_start`), then phase 2: ``method``'s own epochs
+        (Rein tokens, its steps, the authors' optimisers) on the source paired with ``pair``.
 
         Args:
             seed: the run's seed (default: the profile's).
             oracle: the labelled target samples the ``oracle`` method trains on instead of the source.
         """
         cfg = method.config(stage2_config(self.profile, seed))
-        source, source_digest = None, self.source_digest
         if oracle is not None:
-            source = (self.banks.get(self.prefix_for(cfg), f"oracle:{pair_name}", oracle),
-                      mask_targets(self.segmenter, oracle))
-            source_digest = _digest(_images_digest(oracle), self.segmenter.cache_key)
-        init, init_digest = self.warm_start(cfg, source, source_digest)
+            samples, source_name = list(oracle), f"oracle:{pair_name}"
+            source = (self.banks.get(self.prefix_for(cfg), source_name, samples), mask_targets(self.segmenter, samples))
+            source_digest = _digest(_images_digest(samples), self.segmenter.cache_key)
+        else:
+            samples, source_name, source_digest = self.source, "source", self.source_digest
+            source = (self.banks.get(self.prefix_for(cfg), "source", samples), self.labels)
+        init, init_digest = (self.warm_start(cfg, source, source_name, samples, source_digest, pair, pair_name)
+                             if method.warm_up else (None, "scratch"))
         pair_bank = self.banks.get(self.prefix_for(cfg), pair_name, pair) if pair is not None else None
         name = f"{cfg.digest()}_{_digest(init_digest, source_digest, _images_digest(pair))}.pt"
         return self.fit(cfg, pair_bank, name, key, init, source)
+
+
+#: how the kit's warm-up of the head departs from the method's own epochs (see :meth:`_Runner.warm_start`)
+WARMUP_CHANGES = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "dice_weight": 1.0, "grad_clip": 1.0}
 
 
 def _with_mean_dice(rows: list[dict]) -> list[dict]:
@@ -506,7 +540,8 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
             matching (default: :func:`target_images`).
         oracle_by_target: the labelled target images of the ``oracle`` method (default: :func:`oracle_samples`).
         test: ``{domain: samples}`` to score (default: :func:`test_samples` of the targets and the source).
-        checkpoint_dir: trained weights (default ``<cache>/mfmda/<profile>/stage2``).
+        checkpoint_dir: trained weights (default ``<cache>/mfmda/<profile>/stage2``, shared by notebook 09 and
+            ``mfmda run``: file names hash the config and the data, so a model trained by one is reused by the other).
         cache_root: folder of the frozen-feature cache (default ``<cache>/embeddings``); ``False``:
             keep the features in memory only.
         accelerator: an ``accelerate.Accelerator`` (default: one process on the kit's device).
@@ -609,7 +644,7 @@ def predict_target_masks(profile: Profile, source: Sequence[FundusSample], trans
     if len(translated) != len(source):
         raise ValueError(f"predict_target_masks: {len(translated)} translations for {len(source)} source samples")
     run = _Runner(profile, source, segmenter, checkpoint_dir, cache_root, accelerator, progress)
-    model = run.train(m, (method, target_name), translated, f"stage1:{target_name}")
+    model = run.train(m, (method, target_name, profile.seed), translated, f"stage1:{target_name}")
     images = [np.ascontiguousarray(img) for img in images]
     bank = encode_prefix(run.segmenter, run.prefix, images, cache_root=None, batch_size=profile.encoder_batch_size,
                          progress=progress, desc=f"frozen prefix: {target_name}")

@@ -1,17 +1,19 @@
 """Rein-style low-rank tokens after the blocks of a frozen foundation encoder (MFM-DA stage 2).
 
 MFM-DA adapts its medical foundation model with learnable *tokens* placed after every encoder
-block (the "LoRA" of the paper is Rein's token mechanism with low-rank tokens). For block ``l``
-with output features ``f`` (``(B, N, d)``: ``N`` tokens of width ``d``):
+block (the "LoRA" of the paper is Rein's token mechanism with low-rank tokens, ``LoRAReins`` in the
+authors' code). For block ``l`` with output features ``f`` (``(B, N, d)``: ``N`` tokens of width ``d``):
 
     T_l      = A_l B_l                              (m, d)   low-rank tokens, A_l (m, r), B_l (r, d)
     attn     = softmax(f T_l^T / sqrt(d))           (B, N, m)
-    T'_l     = T_l W_T                              (m, d)   token-to-feature projection
-    delta_f  = W_delta(attn T'_l + f)               (B, N, d)
-    f       <- f + s_l * delta_f                    s_l learnable, initialised at 1e-3
+    T'_l     = T_l[1:] W_T                          (m-1, d) token-to-feature projection
+    delta_f  = W_delta(attn[..., 1:] T'_l + f)      (B, N, d)
+    f       <- f + s * delta_f                      s learnable, initialised at 1e-3
 
-``W_T`` and ``W_delta`` are shared by all adapted blocks of the same width; ``A_l``, ``B_l`` and
-``s_l`` belong to block ``l``. Because ``s_l`` starts at 1e-3 an untrained Rein leaves the
+As in the authors' code: ``W_T``, ``W_delta`` and the scale ``s`` are shared by all adapted blocks
+(of the same width: TinyViT has three); the first token takes part in the softmax but adds nothing
+(``attn[..., 1:]``), so attention can fall on "no change"; ``A_l`` and ``B_l`` start uniform in
+``+-sqrt(6 / (3 * 16**2 + sqrt(d r)))``. Because ``s`` starts at 1e-3 an untrained Rein leaves the
 encoder's features almost unchanged, so training starts from the foundation model.
 
 The adapter *wraps* each block (:class:`ReinBlock`): ``ReinBlock(block)(x) == rein(block(x))``.
@@ -48,7 +50,7 @@ class ReinConfig:
     Attributes:
         n_tokens: ``m``, tokens per adapted block (MFM-DA: 100).
         rank: ``r`` of the low-rank factorisation ``T_l = A_l B_l`` (MFM-DA: 16).
-        scale_init: initial value of each block's learnable scale ``s_l`` (MFM-DA: 1e-3).
+        scale_init: initial value of the shared learnable scale ``s`` (MFM-DA: 1e-3).
         seed: seed of the token initialisation (the global RNG is left untouched).
     """
 
@@ -58,8 +60,8 @@ class ReinConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_tokens < 1 or self.rank < 1:
-            raise ValueError(f"ReinConfig: n_tokens and rank must be >= 1, got {self.n_tokens}, {self.rank}")
+        if self.n_tokens < 2 or self.rank < 1:
+            raise ValueError(f"ReinConfig: n_tokens must be >= 2 and rank >= 1, got {self.n_tokens}, {self.rank}")
         if not 0 <= self.scale_init < 1:
             raise ValueError(f"ReinConfig.scale_init must be in [0, 1), got {self.scale_init}")
 
@@ -69,17 +71,23 @@ class ReinConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-class ReinProjections(nn.Module):
-    """``W_T`` (tokens -> features) and ``W_delta`` (the output projection), shared by blocks of width ``d``."""
+#: the authors' ``patch_size`` in their token initialisation bound (a ViT-L/16 constant, kept as is)
+INIT_PATCH = 16
 
-    def __init__(self, width: int) -> None:
+
+class ReinProjections(nn.Module):
+    """``W_T`` (tokens -> features), ``W_delta`` (the output projection) and the scale ``s``, shared by
+    the adapted blocks of width ``d``."""
+
+    def __init__(self, width: int, scale_init: float = 1e-3) -> None:
         super().__init__()
         self.rein_token_proj = nn.Linear(width, width)  # W_T
         self.rein_delta_proj = nn.Linear(width, width)  # W_delta
+        self.rein_scale = nn.Parameter(torch.tensor(float(scale_init)))  # s
 
 
 class ReinTokens(nn.Module):
-    """The low-rank tokens ``T_l = A_l B_l`` of one block and its scale ``s_l``.
+    """The low-rank tokens ``T_l = A_l B_l`` of one block.
 
     Args:
         width: ``d``, the block's feature width.
@@ -89,11 +97,12 @@ class ReinTokens(nn.Module):
 
     def __init__(self, width: int, config: ReinConfig, generator: torch.Generator) -> None:
         super().__init__()
+        if config.n_tokens < 2:
+            raise ValueError("ReinTokens: need n_tokens >= 2 (the first token only absorbs attention)")
         m, r = config.n_tokens, config.rank
-        # T = A B with entries of std ~ 1/sqrt(d): A ~ N(0, 1/r), B ~ N(0, 1/d) gives Var(T) = 1/d
-        self.rein_A = nn.Parameter(torch.randn(m, r, generator=generator) / math.sqrt(r))
-        self.rein_B = nn.Parameter(torch.randn(r, width, generator=generator) / math.sqrt(width))
-        self.rein_scale = nn.Parameter(torch.tensor(float(config.scale_init)))
+        bound = math.sqrt(6.0 / (3 * INIT_PATCH ** 2 + math.sqrt(width * r)))  # the authors' LoRAReins bound
+        self.rein_A = nn.Parameter((torch.rand(m, r, generator=generator) * 2 - 1) * bound)
+        self.rein_B = nn.Parameter((torch.rand(r, width, generator=generator) * 2 - 1) * bound)
         self.width = width
 
     @property
@@ -102,13 +111,13 @@ class ReinTokens(nn.Module):
         return self.rein_A @ self.rein_B
 
     def forward(self, f: torch.Tensor, proj: ReinProjections) -> torch.Tensor:
-        """``f + s_l * W_delta(softmax(f T^T / sqrt(d)) T W_T + f)`` for ``f (..., d)``; same shape."""
+        """``f + s * W_delta(softmax(f T^T / sqrt(d))[..., 1:] T[1:] W_T + f)`` for ``f (..., d)``; same shape."""
         if f.shape[-1] != self.width:
             raise ValueError(f"Rein tokens of width {self.width} got features of width {f.shape[-1]}")
-        tokens = self.tokens                                                       # (m, d)
-        attn = torch.softmax(f @ tokens.t() / math.sqrt(self.width), dim=-1)      # (..., m)
-        delta = proj.rein_delta_proj(attn @ proj.rein_token_proj(tokens) + f)     # (..., d)
-        return f + self.rein_scale * delta
+        tokens = self.tokens                                                              # (m, d)
+        attn = torch.softmax(f @ tokens.t() / math.sqrt(self.width), dim=-1)             # (..., m)
+        delta = proj.rein_delta_proj(attn[..., 1:] @ proj.rein_token_proj(tokens[1:]) + f)  # (..., d)
+        return f + proj.rein_scale * delta
 
 
 class ReinBlock(nn.Module):
@@ -206,7 +215,7 @@ def new_tokens(widths: dict[str, int], config: ReinConfig) -> tuple[dict[str, Re
         torch.manual_seed(config.seed)  # nn.Linear's default init uses the global RNG
         for name, width in widths.items():
             if str(width) not in projections:
-                projections[str(width)] = ReinProjections(width)
+                projections[str(width)] = ReinProjections(width, config.scale_init)
             tokens[name] = ReinTokens(width, config, generator)
     return tokens, projections
 

@@ -96,11 +96,12 @@ def verdict_lines(result, method: str = "mfmda", baselines: Sequence[str] | None
 
 def alignment_log(histories: dict, method: str = "mfmda") -> pd.DataFrame:
     """Per epoch of every ``method`` model: the tokens' update from step (1) and from steps (2)-(3),
-    their ratio, and ``L_align`` before and after step (1).
+    their ratio, and ``L_align`` of the epoch's first batch before and after its step (1).
 
     Returns:
         Columns ``target``, ``seed``, ``epoch``, ``update_align``, ``update_seg``, ``ratio``,
-        ``loss_align``, ``loss_align_after`` (empty when no model logged an ``align`` step).
+        ``loss_align_before``, ``loss_align_after`` (the epoch's first batch; empty when no model logged
+        an ``align`` step).
     """
     out = []
     for key, history in histories.items():
@@ -111,5 +112,6 @@ def alignment_log(histories: dict, method: str = "mfmda") -> pd.DataFrame:
                 out.append({"target": key[1], "seed": key[2] if len(key) > 2 else 0, "epoch": e["epoch"],
                             "update_align": e["update_align"], "update_seg": e.get("update_seg", np.nan),
                             "ratio": e["update_align"] / e["update_seg"] if e.get("update_seg") else np.nan,
-                            "loss_align": e["loss_align"], "loss_align_after": e["loss_align_after"]})
+                            "loss_align_before": e.get("loss_align_before", np.nan),
+                            "loss_align_after": e.get("loss_align_after", np.nan)})
     return pd.DataFrame(out)

@@ -54,7 +54,7 @@ from .rein import PREFIX, ReinConfig
 
 __all__ = ["STEPS", "TINYVIT_TAPS", "OPTIMIZERS", "Stage2Config", "Stage2Model", "build_model", "FeatureBank",
            "encode_prefix", "level_shapes", "mask_targets", "Stage2History", "poly_lr", "token_parameters",
-           "make_optimizers", "three_step_update", "train_stage2", "predict_logits", "logits_to_masks"]
+           "make_optimizers", "align_indices", "three_step_update", "train_stage2", "predict_logits", "logits_to_masks"]
 
 #: The three optimizer steps of one batch, in order.
 STEPS = ("align", "source", "translated")
@@ -230,8 +230,8 @@ def build_model(encoder_module: nn.Module, config: Stage2Config, level_shapes: S
     return Stage2Model(encoder, head, head_taps, out_size)
 
 
-def _align_indices(model: Stage2Model, config: Stage2Config) -> list[int]:
-    """Indices of the levels entering ``L_align``."""
+def align_indices(model: Stage2Model, config: Stage2Config) -> list[int]:
+    """Indices of the pyramid levels entering ``L_align`` (``config.align_taps``, or every level after tokens)."""
     changed = [config.taps.index(t) for t in model.encoder.adapted_taps]
     if config.align_taps is None:
         return changed
@@ -327,9 +327,10 @@ class Stage2History:
     """Per-epoch logs of each step, seconds, and where the run resumed.
 
     Each epoch's record holds ``loss_<step>`` (mean over its batches) and, with the ``align`` step:
-    ``loss_align_after`` (``L_align`` of the same batches right after their step (1)), and the
-    tokens' update sizes ``update_align`` (the summed norm of what step (1) changed) and
-    ``update_seg`` (the same for steps (2)-(3)), so a notebook can show whether the alignment acts.
+    ``loss_align_before`` and ``loss_align_after`` (``L_align`` of the epoch's first batch just before
+    and just after its step (1)), and the tokens' update sizes ``update_align`` (the summed norm of
+    what step (1) changed over the epoch) and ``update_seg`` (the same for steps (2)-(3)), so a
+    notebook can show whether the alignment acts.
     """
 
     epochs: list[dict] = field(default_factory=list)
@@ -389,7 +390,7 @@ def three_step_update(model, source: dict[str, torch.Tensor], translated: dict[s
                       align_optimizer: torch.optim.Optimizer | None = None, *, steps: Sequence[str] = STEPS,
                       align_levels: Sequence[int] = (), dice_weight: float = 0.0,
                       backward: Callable[[torch.Tensor], None] | None = None,
-                      clip: Callable[[], None] | None = None) -> dict[str, float]:
+                      clip: Callable[[], None] | None = None, log_after: bool = True) -> dict[str, float]:
     """MFM-DA's update for one batch of pairs: (1) align on the tokens, (2) source BCE, (3) translated BCE.
 
     Args:
@@ -404,11 +405,12 @@ def three_step_update(model, source: dict[str, torch.Tensor], translated: dict[s
         dice_weight: soft Dice weight added to BCE (0: the authors' loss).
         backward: ``loss -> None`` (default ``loss.backward()``; pass ``accelerator.backward``).
         clip: called between backward and each optimizer step (gradient clipping), optional.
+        log_after: also measure ``L_align`` on the batch right after step (1) (one more forward pass).
 
     Returns:
-        ``loss_<step>`` for each step run; with ``align``: ``loss_align_after`` (the same batch after
-        step (1)), ``update_align`` and ``update_seg`` (how far step (1) and steps (2)-(3) moved the
-        Rein parameters).
+        ``loss_<step>`` for each step run; with ``align``: ``update_align`` and ``update_seg`` (how far
+        step (1) and steps (2)-(3) moved the Rein parameters) and, with ``log_after``, ``loss_align_before``
+        and ``loss_align_after`` (``L_align`` of this batch just before and just after step (1)).
     """
     backward = backward or (lambda loss: loss.backward())
     optimizers = [o for o in (optimizer, align_optimizer) if o is not None]
@@ -439,8 +441,9 @@ def three_step_update(model, source: dict[str, torch.Tensor], translated: dict[s
         before = _snapshot(tokens)
         logs["loss_align"] = step(align_loss(), align_optimizer)
         logs["update_align"] = _moved(tokens, before)
-        with torch.no_grad():
-            logs["loss_align_after"] = float(align_loss())
+        if log_after:
+            with torch.no_grad():
+                logs["loss_align_before"], logs["loss_align_after"] = logs["loss_align"], float(align_loss())
         before = _snapshot(tokens)
     if "source" in steps:  # (2) BCE on the source image
         logs["loss_source"] = step(segmentation_loss(logits(source), y, dice_weight), optimizer)
@@ -497,7 +500,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         from accelerate import Accelerator
 
         accelerator = Accelerator()
-    align_idx = _align_indices(model, config) if "align" in config.steps else []
+    align_idx = align_indices(model, config) if "align" in config.steps else []
 
     history = Stage2History()
     path = Path(checkpoint) if checkpoint is not None else None
@@ -537,6 +540,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
         mine = order[:per_process * world][rank::world]
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for b in range(steps_per_epoch):
             idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
             with accelerator.autocast():
@@ -544,11 +548,11 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
                                          _take(translated, idx, device) if needs_pairs else None,
                                          labels[idx].to(device), optimizer, align_optimizer, steps=config.steps,
                                          align_levels=align_idx, dice_weight=config.dice_weight,
-                                         backward=accelerator.backward, clip=clip)
+                                         backward=accelerator.backward, clip=clip, log_after=b == 0)
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                  **{k: (v if k.startswith("update_") else v / steps_per_epoch) for k, v in sums.items()},
+                  **{k: (v if k.startswith("update_") else v / counts[k]) for k, v in sums.items()},
                   "seconds": time.perf_counter() - start}
         history.epochs.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.startswith("loss_")})

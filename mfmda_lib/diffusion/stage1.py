@@ -175,7 +175,7 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
 # ---------------------------------------------------------------------------------------------
 
 #: bump when a code change alters stage-1 results, so cached translations are recomputed
-STAGE1_VERSION = 1
+STAGE1_VERSION = 2
 
 
 def _key(profile: Profile, target_domain: str, variant: str, ddpm_sha: str) -> str:
