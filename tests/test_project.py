@@ -2,6 +2,7 @@
 import json
 import re
 import tomllib
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,18 @@ def test_notebook_is_committed_clean_and_thin(path):
     assert "colab-badge" in source and "Learning objectives" in source and "Expected runtime" in source
     install = "".join(code[0]["source"])
     assert "pip" in install and not re.search(r'"torch(vision)?"', install), "the install cell never installs torch"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_markdown_holds_no_control_character(path):
+    """A LaTeX command typed into a Python string loses its backslash: "\\varepsilon" -> vertical tab + "arepsilon"."""
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        text = "".join(cell["source"])
+        bad = sorted({repr(ch) for ch in text if unicodedata.category(ch) == "Cc" and ch != "\n"})
+        assert not bad, f"{path.name}, Markdown cell {i}: control character(s) {bad} (an escaped LaTeX backslash?)"
 
 
 def test_profiles_are_validated_and_selected(monkeypatch):
