@@ -88,3 +88,16 @@ def test_each_call_gets_fresh_inputs():
     assert result.passed and torch.equal(x, torch.ones(4))  # the caller's tensor is untouched
     kwargs = exercises.check("scaled", lambda x, k: x * k, lambda x, k: k * x, [{"x": x, "k": 3.0}], quiet=True)
     assert kwargs.passed
+
+
+def test_a_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(5)
+    np.random.seed(5)
+    expected = torch.rand(3), np.random.rand(2)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    exercises.check("noisy", lambda x: x + torch.rand(1) * 0 + np.random.rand() * 0, lambda x: x + 0 * torch.rand(2).sum(),
+                    [torch.ones(2)], quiet=True)
+    with exercises.isolated_rng():
+        torch.randn(10), np.random.rand(4)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(2), expected[1])

@@ -22,19 +22,25 @@ What happens when the answer is missing or wrong depends on the edition:
   :mod:`mfmda_lib.teaching.student` inserts) prints the diagnosis and falls back to the library,
   so the notebook runs to the end for a student who skips an exercise.
 
-Sections: edition -> comparison (:func:`diagnose`) -> check and switch.
+A check never changes the global random state (:func:`isolated_rng`): a student's answer, a stub
+and the instructor's answer leave the random numbers of every later cell the same, so both
+editions compute the same results after an exercise.
+
+Sections: edition -> random state -> comparison (:func:`diagnose`) -> check and switch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 __all__ = ["INSTRUCTOR", "STUDENT", "ExerciseFailed", "CheckResult", "use_student_edition", "use_instructor_edition",
-           "edition", "diagnose", "check"]
+           "edition", "isolated_rng", "diagnose", "check"]
 
 INSTRUCTOR, STUDENT = "instructor", "student"
 _EDITION = {"current": INSTRUCTOR}
@@ -61,6 +67,26 @@ def use_instructor_edition() -> None:
 def edition() -> str:
     """``"instructor"`` or ``"student"``."""
     return _EDITION["current"]
+
+
+# ---------------------------------------------------------------------------------------------
+# random state
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block without touching the global random state (torch CPU and CUDA, NumPy, ``random``).
+
+    Whatever the block draws, the code after it draws the numbers it would have drawn without it.
+    """
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +260,7 @@ def _call(fn: Callable, case: Any) -> Any:
 
 
 def check(name: str, student: Callable, reference: Callable, cases: Sequence[Any], *, rtol: float = 1e-5,
-          atol: float = 1e-6, exact: bool = False, quiet: bool = False) -> CheckResult:
+          atol: float = 1e-6, exact: bool = False, reference_name: str | None = None, quiet: bool = False) -> CheckResult:
     """Call ``student`` and ``reference`` on every case, compare, print one line, return the outcome.
 
     Args:
@@ -245,6 +271,8 @@ def check(name: str, student: Callable, reference: Callable, cases: Sequence[Any
             call gets fresh copies, so an in-place edit cannot leak from one call into the other.
         rtol, atol: tolerances of :func:`torch.testing.assert_close`.
         exact: compare bit for bit instead.
+        reference_name: how to name the reference in the printed line (default: its qualified name;
+            give one when ``reference`` is a wrapper, e.g. ``"peft's LoRA layer"``).
         quiet: print nothing.
 
     Returns:
@@ -254,11 +282,14 @@ def check(name: str, student: Callable, reference: Callable, cases: Sequence[Any
     if not cases:
         raise ValueError(f"check({name!r}): give at least one input case")
     how = "exactly" if exact else f"within rtol={rtol:g}, atol={atol:g}"
-    status, message = "passed", f"OK {name}: matches the library's {_qualified(reference)} {how} on {len(cases)} input(s)."
+    library = reference_name or f"the library's {_qualified(reference)}"
+    status, message = "passed", f"OK {name}: matches {library} {how} on {len(cases)} input(s)."
     for i, case in enumerate(cases):
-        want = _call(reference, case)
+        with isolated_rng():
+            want = _call(reference, case)
         try:
-            got = _call(student, case)
+            with isolated_rng():
+                got = _call(student, case)
         except NotImplementedError as error:
             status, message = "missing", f"TODO {name} is not written yet ({error})."
             break
