@@ -56,6 +56,8 @@ class Profile:
         small_model_size: image side for the small CNN trained from scratch (notebook 06).
         small_model_epochs: epochs of training that CNN on the source domain.
         tta_batch_size: test images per adaptation batch (notebook 06).
+        tta_views: augmented views per test image (MEMO: 64 in its authors' ImageNet runs) and per
+            test batch (the mean teacher; CoTTA: 32) in notebook 06.
         ssl_image_size: image side for self-supervised pretraining of the small ViT (notebook 02).
         ssl_pool_per_domain: unlabelled ``train`` images per domain in the pretraining pool (notebook 02).
         ssl_mae_steps: optimisation steps of MAE pretraining.
@@ -133,6 +135,7 @@ class Profile:
     small_model_size: int
     small_model_epochs: int
     tta_batch_size: int
+    tta_views: int
     # notebook 02: self-supervised pretraining
     ssl_image_size: int
     ssl_pool_per_domain: int
@@ -233,6 +236,7 @@ SIZES: dict[str, tuple] = {
     "small_model_size":   (64, 96, 128),
     "small_model_epochs": (2, 60, 40),
     "tta_batch_size":     (4, 8, 16),
+    "tta_views":          (2, 16, 64),
     # notebook 02
     "ssl_image_size":     (64, 64, 128),
     "ssl_pool_per_domain": (8, 256, 1000),

@@ -11,6 +11,7 @@ import pytest
 from mfmda_lib.data.sample import FundusSample
 from mfmda_lib.evaluation import (SCORE_KEYS, dice, format_table, hd95, iou, per_domain_table,
                                   segmentation_scores, vcdr_error)
+from mfmda_lib.evaluation.metrics import hd95_penalty
 
 
 def square(top: int, left: int, side: int = 10, size: int = 64) -> np.ndarray:
@@ -92,8 +93,19 @@ def test_hd95_spacing_scales_distances():
 def test_hd95_empty_cases():
     a, empty = square(10, 10), np.zeros((64, 64), bool)
     assert hd95(empty, empty) == 0.0
-    assert math.isnan(hd95(a, empty))
-    assert math.isnan(hd95(empty, a))
+    assert hd95(empty, a) == hd95(a, empty) == pytest.approx(64 * math.sqrt(2))  # the image diagonal
+    assert hd95(empty, a, spacing=(2.0, 1.0)) == pytest.approx(math.hypot(128, 64)) == hd95_penalty((64, 64), (2, 1))
+
+
+def test_an_empty_prediction_never_beats_a_poor_one():
+    """The penalty exists so that predicting nothing cannot lower a mean HD95."""
+    target = square(10, 10)
+    far = square(50, 50)  # a poor prediction in the opposite corner
+    assert hd95(np.zeros_like(target), target) > hd95(far, target)
+    rows = [{"method": m, "domain": "A", "cup_hd95": hd95(p, target), "cup_empty": not p.any()}
+            for m, p in (("nothing", np.zeros_like(target)), ("poor", far))]
+    t = per_domain_table(rows, ["cup_hd95"])
+    assert t.loc[("nothing", "mean"), "cup_hd95"] > t.loc[("poor", "mean"), "cup_hd95"]
 
 
 def _pinned_shapes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -146,6 +158,7 @@ def test_segmentation_scores_perfect_prediction():
     assert scores["vcdr_true"] == pytest.approx(13 / 25)  # cup rows 26..38, disc rows 20..44
     assert scores["vcdr_pred"] == scores["vcdr_true"]
     assert scores["vcdr_abs_err"] == 0.0
+    assert not scores["disc_empty"] and not scores["cup_empty"]
 
 
 def test_segmentation_scores_shifted_prediction_uses_each_metric():
@@ -156,7 +169,8 @@ def test_segmentation_scores_shifted_prediction_uses_each_metric():
     assert 0.5 < scores["disc_dice"] < 1.0
     assert scores["disc_iou"] == pytest.approx(iou(pred_disc, s.disc))
     assert scores["disc_hd95"] == pytest.approx(3.0)
-    assert scores["cup_dice"] == 0.0 and math.isnan(scores["cup_hd95"])
+    assert scores["cup_dice"] == 0.0 and scores["cup_hd95"] == pytest.approx(64 * math.sqrt(2))
+    assert scores["cup_empty"] and not scores["disc_empty"]
     assert scores["vcdr_pred"] == 0.0
     assert scores["vcdr_abs_err"] == pytest.approx(s.vcdr)
 
@@ -217,6 +231,27 @@ def test_per_domain_table_fails_loudly():
         per_domain_table([{"domain": "mean", "disc_dice": 1.0, "cup_dice": 1.0}])
     with pytest.raises(ValueError, match="empty"):
         per_domain_table([])
+
+
+def test_empty_predictions_are_counted_beside_each_structures_means(monkeypatch):
+    rows = [{"method": "m", "domain": d, "disc_dice": v, "disc_hd95": h, "disc_empty": e, "cup_dice": 0.5,
+             "cup_hd95": 3.0, "cup_empty": False}
+            for d, v, h, e in (("A", 0.0, 90.5, True), ("A", 0.8, 4.0, False), ("B", 0.0, 90.5, True))]
+    t = per_domain_table(rows, ["disc_dice", "disc_hd95", "cup_dice"], domain_order=["A", "B"])
+    assert list(t.columns) == ["n", "disc_dice", "disc_dice_std", "disc_hd95", "disc_hd95_std", "disc_empty",
+                               "cup_dice", "cup_dice_std", "cup_empty"]
+    assert t["disc_empty"].tolist() == [1, 1, 2] and t["cup_empty"].tolist() == [0, 0, 0]
+    assert t.loc[("m", "A"), "disc_hd95"] == pytest.approx((90.5 + 4.0) / 2)  # the penalty enters the mean
+    for fallback in (False, True):
+        if fallback:
+            monkeypatch.setitem(sys.modules, "tabulate", None)
+        lines = format_table(t).splitlines()
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert header == ["method", "domain", "n", "disc_dice", "disc_hd95", "disc_empty", "cup_dice", "cup_empty"]
+        mean_row = [c.strip() for c in lines[-1].strip("|").split("|")]
+        assert mean_row[header.index("disc_empty")] == "2" and mean_row[header.index("n")] == "3"
+    # rows without the flags: no count column (older saved rows)
+    assert "disc_empty" not in per_domain_table(ROWS).columns
 
 
 def _check_markdown(text: str) -> None:

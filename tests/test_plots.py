@@ -243,7 +243,7 @@ def _fake_result():
     samples = [fundus("a", 0), fundus("a", 1), fundus("b", 0, field_rgb=(60, 120, 180)), fundus("b", 1)]
     pred_disc = np.stack([s.disc if k % 2 == 0 else np.roll(s.disc, 8, 1) for k, s in enumerate(samples)])
     pred_cup = np.stack([s.cup for s in samples])
-    pred_cup[3] = False  # no cup predicted: cup_hd95 is nan
+    pred_cup[3] = False  # no cup predicted: cup_hd95 is the penalty, the image diagonal
     rows = [{"domain": s.domain, "sample_id": s.sample_id, **segmentation_scores(d, c, s)}
             for s, d, c in zip(samples, pred_disc, pred_cup)]
     return SimpleNamespace(rows=rows, samples=samples, pred_disc=pred_disc, pred_cup=pred_cup)
@@ -266,7 +266,9 @@ def test_failure_gallery_picks_the_worst_per_domain():
     assert [ax.get_ylabel() for ax in fig.axes] == ["a", "b"]
     fig = plots.failure_gallery(result, metric="cup_hd95", per_domain=2)
     axes = np.array(fig.axes).reshape(2, 2)
-    assert axes[1, 0].get_title().startswith("b1\ncup_hd95 nan")  # nan (no prediction) is the worst
+    penalty = result.rows[3]["cup_hd95"]
+    assert result.rows[3]["cup_empty"] and penalty == pytest.approx(np.hypot(*result.samples[3].cup.shape))
+    assert axes[1, 0].get_title() == f"b1\ncup_hd95 {penalty:.3f}"  # the empty prediction is the worst
     with pytest.raises(ValueError, match="no 'iou'"):
         plots.failure_gallery(result, metric="iou")
 

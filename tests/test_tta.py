@@ -41,7 +41,7 @@ def _bn_affine_names(model: nn.Module) -> set:
 @pytest.mark.parametrize("name", list(tta.METHODS))
 def test_every_method_returns_disc_and_cup_logits_and_leaves_the_source_model_alone(name, model, shifted_batch):
     before = _state(model)
-    method = tta.METHODS[name](model, tta.TTAConfig(steps=2))
+    method = tta.METHODS[name](model, tta.TTAConfig(steps=2, n_augmentations=4))
     out = method.adapt(shifted_batch)
     assert out.shape == (4, 2, SIZE, SIZE) and torch.isfinite(out).all()
     assert method.predict(shifted_batch).shape == (4, 2, SIZE, SIZE)
@@ -87,9 +87,9 @@ def test_norm_stats_normalises_with_the_batch_and_changes_no_parameter(model, sh
     assert not torch.allclose(alone, out[:1], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["tent", "pseudo_label", "memo", "mean_teacher"])
+@pytest.mark.parametrize("name", ["tent", "pseudo_label", "mean_teacher"])
 def test_reset_restores_the_initial_state_exactly(name, model, shifted_batch):
-    method = tta.METHODS[name](model, tta.TTAConfig(lr=1e-2, steps=2, restore_prob=0.1))
+    method = tta.METHODS[name](model, tta.TTAConfig(lr=1e-2, steps=2, restore_prob=0.1, n_augmentations=4))
     initial_state, initial_out = _state(method), method.predict(shifted_batch)
     method.adapt(shifted_batch)
     assert not torch.allclose(method.predict(shifted_batch), initial_out), "adapt should change the model"
@@ -101,6 +101,137 @@ def test_reset_restores_the_initial_state_exactly(name, model, shifted_batch):
     first = method.adapt(shifted_batch)
     method.reset()
     assert torch.equal(method.adapt(shifted_batch), first)
+
+
+class _CountSteps:
+    """Counts ``optimizer.step`` calls of a wrapped method."""
+
+    def __init__(self, method: tta.TTAMethod) -> None:
+        self.n, step = 0, method.optimizer.step
+
+        def counted(*args, **kwargs):
+            self.n += 1
+            return step(*args, **kwargs)
+
+        method.optimizer.step = counted
+
+
+def test_default_tent_updates_once_per_batch_and_returns_that_forward_pass(model, shifted_batch):
+    """tent.py's forward_and_adapt: one step per batch; the prediction is the forward pass that made it."""
+    method = tta.Tent(model)
+    assert method.config.steps == 1 and isinstance(method.optimizer, torch.optim.Adam)
+    assert method.optimizer.param_groups[0]["lr"] == 1e-3  # tent's cfgs/tent.yaml
+    before = copy.deepcopy(method.model)
+    steps = _CountSteps(method)
+    out = method.adapt(shifted_batch)
+    assert steps.n == 1, "default Tent takes exactly one optimisation step per batch"
+    with torch.no_grad():
+        assert torch.equal(out, before(shifted_batch)), "the output is the pre-update forward pass's"
+    assert not torch.allclose(out, method.predict(shifted_batch)), "and the update did change the model"
+    # the update is one Adam step on the mean binary entropy of those outputs
+    reference = copy.deepcopy(before)
+    params, _ = tta.collect_norm_params(reference)
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    tta.binary_entropy(reference(shifted_batch)).mean().backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), method.model.state_dict().values()))
+    method.adapt(shifted_batch)
+    assert steps.n == 2, "and one more on the next batch"
+
+
+def test_multi_step_tent_is_the_named_option_and_returns_the_last_updating_pass(model, shifted_batch):
+    method = tta.Tent(model, tta.TTAConfig(steps=3))
+    steps = _CountSteps(method)
+    shadow = tta.Tent(model)  # one step at a time, same start
+    for _ in range(2):
+        shadow.adapt(shifted_batch)
+    out = method.adapt(shifted_batch)
+    assert steps.n == 3
+    assert torch.equal(out, shadow.adapt(shifted_batch)), "k steps return the outputs of the k-th (updating) pass"
+
+
+def test_memo_is_episodic_per_image_with_sgd_on_every_weight(model, shifted_batch):
+    method = tta.MEMO(model, tta.TTAConfig(n_augmentations=8))
+    assert isinstance(method.optimizer, torch.optim.SGD) and method.optimizer.param_groups[0]["lr"] == 2.5e-4
+    assert len(method.params) == len(list(method.model.parameters()))
+    initial = _state(method)
+    steps = _CountSteps(method)
+    pair = method.adapt(shifted_batch[:2])
+    assert steps.n == 2, "one step per test image"
+    assert all(torch.equal(initial[k], v) for k, v in method.state_dict().items()), "restored after each image"
+    # image 0 of the pair is adapted from the source, whatever comes after it ...
+    method.reset()
+    assert torch.equal(method.adapt(shifted_batch[:1]), pair[:1])
+    # ... and image 1 from the source too: only the random stream (the views) carries over
+    method.reset()
+    method.adapt(shifted_batch[:1])
+    assert torch.equal(method.adapt(shifted_batch[1:2]), pair[1:])
+    # the step does move the prediction of that image, with a large enough learning rate
+    fast = tta.MEMO(model, tta.TTAConfig(lr=1e-1, n_augmentations=8))
+    assert not torch.allclose(fast.adapt(shifted_batch[:1]), fast.predict(shifted_batch[:1]))
+
+
+def test_memo_minimises_the_marginal_entropy_of_its_views(model, shifted_batch):
+    method = tta.MEMO(model, tta.TTAConfig(lr=1e-1, n_augmentations=8))
+    x = shifted_batch[:1]
+
+    def marginal(m):
+        m.generator.manual_seed(7)
+        views, flipped = m.views(x[0])
+        with torch.no_grad():
+            logits = m.model(views)
+        logits = torch.where(flipped[:, None, None, None], logits.flip(-1), logits)
+        return tta.marginal_binary_entropy(logits[:, None]).mean()
+
+    before = marginal(method)
+    method.generator.manual_seed(7)
+    method.forward_and_adapt(x)
+    assert marginal(method) < before
+
+
+def test_marginal_entropy_is_the_entropy_of_the_mean_probability():
+    logits = torch.randn(5, 2, 2, 3, 3) * 4
+    p = torch.sigmoid(logits).mean(0)
+    expected = -(p * p.log() + (1 - p) * (1 - p).log())
+    assert torch.allclose(tta.marginal_binary_entropy(logits), expected, atol=1e-5)
+    assert torch.isfinite(tta.marginal_binary_entropy(torch.full((3, 1, 1, 1, 1), 200.0))).all()
+
+
+def test_prior_batchnorm_mixes_source_and_batch_statistics(model, shifted_batch):
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.running_var.copy_(torch.tensor([1.5, 0.5, 3.0]))
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    holder = nn.Sequential(bn)
+    tta.use_prior_norm(holder, 16 / 17)
+    prior_bn = holder[0]
+    assert isinstance(prior_bn, tta.PriorBatchNorm2d)
+    x = shifted_batch
+    mean = 16 / 17 * bn.running_mean + 1 / 17 * x.mean(dim=(0, 2, 3))
+    var = 16 / 17 * bn.running_var + 1 / 17 * x.var(dim=(0, 2, 3), unbiased=True)
+    expected = (x - mean[None, :, None, None]) / (var[None, :, None, None] + bn.eps).sqrt()
+    expected = expected * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    assert torch.allclose(prior_bn(x), expected, atol=1e-5)
+    prior_bn.prior = 1.0  # the source statistics alone: eval-mode BatchNorm
+    assert torch.allclose(prior_bn(x), bn.eval()(x), atol=1e-6)
+    wrapped = tta.MEMO(model)
+    assert sum(isinstance(m, tta.PriorBatchNorm2d) for m in wrapped.model.modules()) == \
+        sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_augmix_views_are_pixelwise_mixtures_in_range_and_reproducible():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 16, 16)
+    view = tta.augmix(img, g)
+    assert view.shape == img.shape and 0 <= view.min() and view.max() <= 1
+    assert not torch.equal(view, img)
+    assert torch.equal(tta.augmix(img, torch.Generator().manual_seed(0)), view)
+    # every operation keeps pixels in place: a constant image stays constant
+    flat = torch.full((3, 8, 8), 0.3)
+    for _ in range(5):
+        v = tta.augmix(flat, g)
+        assert torch.allclose(v, v[:, :1, :1].expand_as(v))
 
 
 class _FixedLogits(nn.Module):
@@ -120,9 +251,9 @@ def test_pseudo_label_ignores_unconfident_pixels(model):
     labels, mask = method.pseudo_labels(logits)
     assert mask[0, 0, 0].tolist() == [1, 1, 0, 0, 0]
     assert labels[0, 0, 0].tolist() == [1, 0, 1, 0, 1]
-    method.model = _FixedLogits(logits)
-    method.loss(torch.zeros(1, 3, 1, 5)).backward()
-    grad = method.model.logits.grad[0, 0, 0]
+    fixed = _FixedLogits(logits)
+    method.loss(fixed(None), torch.zeros(1, 3, 1, 5)).backward()
+    grad = fixed.logits.grad[0, 0, 0]
     assert torch.all(grad[2:] == 0), "unconfident pixels must not contribute to the loss"
     assert torch.all(grad[:2] != 0)
 
@@ -143,19 +274,24 @@ def test_ema_update_is_the_mean_teacher_average():
         assert torch.allclose(t, 0.9 * t_old + 0.1 * s)
 
 
-def test_mean_teacher_follows_the_student_by_ema_and_predicts_with_the_teacher(model, shifted_batch):
-    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-2, ema_alpha=0.8, restore_prob=0.0))
+def test_mean_teacher_follows_the_student_by_ema_and_returns_the_teachers_views(model, shifted_batch):
+    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-2, ema_alpha=0.8, restore_prob=0.0, n_augmentations=4))
     source = [p.clone() for p in method.teacher.parameters()]
+    teacher_before = copy.deepcopy(method.teacher)
+    state = method.generator.get_state()
+    steps = _CountSteps(method)
     out = method.adapt(shifted_batch)
+    assert steps.n == 1
     for t, t0, s in zip(method.teacher.parameters(), source, method.model.parameters()):
         assert torch.allclose(t, 0.8 * t0 + 0.2 * s, atol=1e-6)
     assert not torch.equal(method.model.head.weight, method.teacher.head.weight)
-    with torch.no_grad():
-        assert torch.equal(out, method.teacher(shifted_batch))
+    # the prediction is CoTTA's outputs_ema: the pre-update teacher's logits averaged over the views
+    method.teacher, method.generator = teacher_before, torch.Generator().set_state(state)
+    assert torch.equal(out, method.teacher_logits(shifted_batch))
 
 
 def test_mean_teacher_stochastic_restore_returns_weights_to_the_source(model, shifted_batch):
-    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-1, restore_prob=1.0))
+    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-1, restore_prob=1.0, n_augmentations=4))
     method.adapt(shifted_batch)
     for p, p0 in zip(method.model.parameters(), method.source.parameters()):
         assert torch.equal(p, p0)

@@ -3,35 +3,43 @@
 Every method wraps a *copy* of a trained segmenter (``(B, 3, H, W)`` images -> ``(B, 2, H, W)``
 disc and cup logits) and exposes the same verbs, so a notebook compares them in one loop:
 
-- ``adapt(x)``: update on the unlabelled test batch ``x``, then return its logits;
+- ``adapt(x)``: adapt on the unlabelled test batch ``x`` and return its logits. As in Tent's
+  ``forward_and_adapt`` (DequanWang/tent), a gradient method takes **one** optimisation step per
+  batch by default, and the logits it returns are the outputs of the forward pass that made that
+  step. ``TTAConfig(steps=k)`` is the named multi-step option (k steps, the outputs of the last
+  updating forward pass, as ``tent.Tent(steps=k)``);
 - ``predict(x)``: logits with the current state, no update (e.g. to measure forgetting);
-- ``reset()``: back to the state right after wrapping (weights, statistics, optimizer).
+- ``reset()``: back to the state right after wrapping (weights, statistics, optimizer, seeds).
 
 Members, each one job (the structure follows Tent's ``configure_model`` / ``collect_params`` /
-``forward_and_adapt`` / ``reset``, DequanWang/tent):
+``forward_and_adapt`` / ``reset``):
 
 =================  ============================================================================
 ``SourceOnly``     no adaptation: the source model with its running BatchNorm statistics
 ``NormStats``      BN adaptation: normalise with the test batch's statistics, no gradient
-                   (Schneider et al., NeurIPS 2020; Nado et al., 2020)
+                   (Schneider et al., NeurIPS 2020; ``norm.py`` of DequanWang/tent)
 ``Tent``           + minimise per-pixel prediction entropy over the BN affine parameters only
-                   (Wang et al., ICLR 2021)
+                   (Wang et al., ICLR 2021; ``tent.py``)
 ``PseudoLabel``    + self-training: BCE on the model's own confident pixels (Lee, 2013)
-``MEMO``           marginal entropy of the prediction averaged over augmentations of each image
-                   (Zhang et al., NeurIPS 2022), source BN statistics
+``MEMO``           episodic: per test image, one SGD step on the marginal entropy of the
+                   predictions over AugMix views, BN statistics mixed with the source's by a
+                   prior (Zhang et al., NeurIPS 2022; zhangmarvin/memo)
 ``MeanTeacher``    an EMA teacher, augmentation-averaged, supervises the student; stochastic
-                   restore to the source weights (CoTTA, Wang et al., CVPR 2022), for continual use
+                   restore to the source weights (CoTTA, Wang et al., CVPR 2022; qinenergy/cotta)
 =================  ============================================================================
 
 The outputs are two independent sigmoid channels, so "entropy" is the binary entropy of each
-channel's probability, averaged over pixels and channels.
+channel's probability, averaged over pixels and channels. :data:`REFERENCE_NOTES` lists, per
+method, what the kit does differently from its authors' code; notebook 06 prints it.
 
-Sections: helpers -> config -> interface -> methods.
+Sections: helpers -> MEMO's parts (AugMix views, BN prior) -> config -> interface -> methods.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -39,7 +47,8 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["TTAConfig", "TTAMethod", "SourceOnly", "NormStats", "Tent", "PseudoLabel", "MEMO", "MeanTeacher",
-           "METHODS", "configure_norm", "collect_norm_params", "binary_entropy", "augment", "ema_update"]
+           "METHODS", "REFERENCE_NOTES", "configure_norm", "collect_norm_params", "binary_entropy",
+           "marginal_binary_entropy", "augment", "augmix", "PriorBatchNorm2d", "use_prior_norm", "ema_update"]
 
 OptimizerFactory = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -103,14 +112,23 @@ def binary_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
 
 
-def _entropy_of_probs(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Binary entropy of probabilities ``p`` (any shape), elementwise."""
-    p = p.clamp(eps, 1 - eps)
-    return -(p * p.log() + (1 - p) * (1 - p).log())
+def marginal_binary_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the prediction averaged over views: ``(K, B, C, H, W)`` logits -> ``(B, C, H, W)``.
+
+    ``p_bar = mean_k sigmoid(logits_k)``, then ``H(p_bar)``. As MEMO's ``marginal_entropy`` the
+    average is taken in log space (``log p_bar = logsumexp_k log p_k - log K``), which stays finite
+    where every view is confident.
+    """
+    log_k = math.log(logits.shape[0])
+    log_p = torch.logsumexp(F.logsigmoid(logits), dim=0) - log_k       # log p_bar
+    log_q = torch.logsumexp(F.logsigmoid(-logits), dim=0) - log_k      # log (1 - p_bar)
+    return -(log_p.exp() * log_p + log_q.exp() * log_q)
 
 
 def augment(x: torch.Tensor, k: int, *, jitter: float, generator: torch.Generator | None = None):
     """``k`` views of each image: flips (undone on the output) and a small brightness/contrast jitter.
+
+    The mean teacher's views (CoTTA's augmentations are richer: see :data:`REFERENCE_NOTES`).
 
     Args:
         x: ``(B, 3, H, W)`` images.
@@ -149,6 +167,105 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# MEMO's parts: AugMix views and the BatchNorm prior
+# ---------------------------------------------------------------------------------------------
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """An integer in ``[low, high)``."""
+    return int(torch.randint(low, high, (1,), generator=generator))
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
+def _solarize(img: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
+    level = int(_uniform(0.1, 1.0, generator) * 256 / 10)  # MEMO: int_parameter(rand_lvl(1), 256), 2..25
+    return TF.solarize(img, (256 - level) / 255)
+
+
+def _augmix_op(name: str, img: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One of MEMO's pixel-wise AugMix operations on a ``(3, H, W)`` image in ``[0, 1]``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if name == "autocontrast":
+        return TF.autocontrast(img)
+    if name == "equalize":
+        return TF.equalize(img)
+    if name == "posterize":  # MEMO: posterize(4 - int_parameter(rand_lvl(1), 4)) = 4 bits, whatever the draw
+        return TF.posterize(img, 4)
+    return _solarize(img, generator)
+
+
+#: MEMO's AugMix operations that keep every pixel where it is (its geometric ones are left out:
+#: the marginal is taken per pixel, see :data:`REFERENCE_NOTES`).
+AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "solarize")
+
+
+def augmix(pixels: torch.Tensor, generator: torch.Generator | None = None, *, width: int = 3,
+           max_depth: int = 3) -> torch.Tensor:
+    """One AugMix view of a ``(3, H, W)`` image in ``[0, 1]``, as MEMO's ``_augmix_aug``.
+
+    ``width`` chains of 1 to ``max_depth`` random operations each; the chains are mixed with
+    Dirichlet(1, ..., 1) weights ``w`` and the mixture blended with the image by ``m ~ Beta(1, 1)``:
+    ``m * x + (1 - m) * sum_i w_i chain_i(x)``.
+    """
+    e = -torch.log(torch.rand(width, generator=generator))  # Dirichlet(1) = normalised Exponential(1)
+    w = (e / e.sum()).tolist()
+    m = float(torch.rand(1, generator=generator))              # Beta(1, 1) = Uniform(0, 1)
+    mix = torch.zeros_like(pixels)
+    for i in range(width):
+        chain = pixels
+        for _ in range(_randint(1, max_depth + 1, generator)):
+            chain = _augmix_op(AUGMIX_OPS[_randint(0, len(AUGMIX_OPS), generator)], chain, generator)
+        mix = mix + w[i] * chain
+    return m * pixels + (1 - m) * mix
+
+
+class PriorBatchNorm2d(nn.BatchNorm2d):
+    """MEMO's test-time BatchNorm: statistics ``prior * source + (1 - prior) * batch``.
+
+    ``prior = N / (N + 1)`` for a prior strength ``N`` (MEMO: 16), as MEMO's ``_modified_bn_forward``
+    (after Schneider et al.): the batch's mean and unbiased variance are computed without gradient,
+    mixed with the running (source) statistics, and the input normalised with the mixture in any
+    mode. Used on the views during adaptation and on the single test image at prediction.
+    """
+
+    prior: float = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            dims = [d for d in range(x.dim()) if d != 1]
+            batch_mean, batch_var = x.mean(dim=dims), x.var(dim=dims, unbiased=True)
+            mean = self.prior * self.running_mean + (1 - self.prior) * batch_mean
+            var = self.prior * self.running_var + (1 - self.prior) * batch_var
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def use_prior_norm(model: nn.Module, prior: float) -> nn.Module:
+    """Swap every ``BatchNorm2d`` of ``model`` (in place) for a :class:`PriorBatchNorm2d` with ``prior``."""
+    if not 0 <= prior <= 1:
+        raise ValueError(f"use_prior_norm: prior must be in [0, 1], got {prior}")
+    found = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d) and not isinstance(child, PriorBatchNorm2d):
+                if child.running_mean is None:
+                    raise ValueError(f"use_prior_norm: BatchNorm {name!r} has no running statistics to use as a prior")
+                new = PriorBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
+                                       affine=child.affine).to(child.running_mean.device)
+                new.load_state_dict(child.state_dict())
+                new.prior = prior
+                setattr(parent, name, new)
+                found += 1
+    if not found:
+        raise ValueError("use_prior_norm: the model has no BatchNorm2d layer; MEMO's BN prior needs one")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------------------------
 
@@ -157,16 +274,26 @@ class TTAConfig:
     """Hyperparameters of every TTA method (each method reads the fields it needs).
 
     Attributes:
-        lr: Adam learning rate of the default optimizer; ``None``: the method's ``default_lr``
-            (1e-3, Tent's reference, for the BN affine parameters and the mean teacher; 1e-5 for
-            MEMO, which moves every weight by its own entropy and collapses at 1e-3).
-        steps: gradient steps per test batch (Tent: 1). The notebook passes ``profile.tta_steps``.
+        lr: learning rate of the method's reference optimizer; ``None``: the method's
+            ``default_lr`` (Adam 1e-3 for Tent, pseudo-labels and the mean teacher, as tent's
+            and CoTTA's configs; SGD 2.5e-4 for MEMO, its setting for a BatchNorm ResNet-50).
+        steps: optimisation steps per test batch (MEMO: per test image). 1, the default, is
+            every reference's setting (tent ``OPTIM.STEPS``, CoTTA ``OPTIM.STEPS``, MEMO
+            ``niter``). More is the named multi-step option; the returned logits are still the
+            outputs of the last forward pass that made an update.
         params: what gradient methods update, ``"norm"`` (BN affine) or ``"all"``; ``None``:
             the method's own default (Tent and PseudoLabel: norm; MEMO and MeanTeacher: all).
         threshold: PseudoLabel confidence; a pixel is a label when ``p > threshold`` or
             ``p < 1 - threshold``.
-        n_augmentations: views per image for MEMO and the mean teacher.
-        jitter: relative brightness/contrast jitter of the augmented views.
+        n_augmentations: views per image: MEMO's AugMix batch (64 in MEMO's ImageNet runs, 32 in
+            its CIFAR ones) and the mean teacher's augmented predictions (CoTTA: 32). Notebook 06
+            passes ``profile.tta_views``.
+        jitter: relative brightness/contrast jitter of the mean teacher's views.
+        prior_strength: MEMO's BN prior ``N``: normalisation statistics are
+            ``N/(N+1) * source + 1/(N+1) * batch`` (MEMO: 16).
+        pixel_mean, pixel_std: how the model's inputs map back to ``[0, 1]`` pixels
+            (``pixels = x * pixel_std + pixel_mean``), for MEMO's AugMix operations, which act on
+            pixels. The defaults are the kit's fixed input normalisation (notebook 06).
         ema_alpha: mean-teacher EMA decay (CoTTA: 0.999 over thousands of steps; our streams are
             tens of steps long, so the teacher must move faster).
         restore_prob: mean-teacher stochastic restore: each weight element returns to its
@@ -178,8 +305,11 @@ class TTAConfig:
     steps: int = 1
     params: str | None = None
     threshold: float = 0.9
-    n_augmentations: int = 4
+    n_augmentations: int = 32
     jitter: float = 0.1
+    prior_strength: float = 16.0
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.25
     ema_alpha: float = 0.99
     restore_prob: float = 0.01
     seed: int = 0
@@ -193,6 +323,9 @@ class TTAConfig:
             raise ValueError(f"TTAConfig.threshold must be in (0.5, 1), got {self.threshold}")
         if self.n_augmentations < 1 or not 0 <= self.jitter < 1:
             raise ValueError("TTAConfig: n_augmentations must be >= 1 and jitter in [0, 1)")
+        if self.prior_strength < 0 or self.pixel_std <= 0:
+            raise ValueError(f"TTAConfig: prior_strength must be >= 0 and pixel_std > 0, got "
+                             f"{self.prior_strength}, {self.pixel_std}")
         if not 0 <= self.ema_alpha <= 1 or not 0 <= self.restore_prob <= 1:
             raise ValueError("TTAConfig: ema_alpha and restore_prob must be in [0, 1]")
 
@@ -201,18 +334,23 @@ class TTAConfig:
 # interface
 # ---------------------------------------------------------------------------------------------
 
+_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
 class TTAMethod(nn.Module):
     """Wrap a copy of ``model``; ``adapt(x)`` updates on a test batch and returns its logits.
 
-    Subclasses set ``use_batch_stats`` and ``default_params`` and implement :meth:`loss` (gradient
-    methods) or nothing (statistics-only methods). The caller may pass ``optimizer_factory``
-    (``params -> optimizer``); the default is Adam with ``config.lr``.
+    Subclasses set ``use_batch_stats``, ``default_params`` (``None``: no gradient step),
+    ``default_lr`` and ``optimizer_kind`` (the reference's optimizer, ``"adam"`` or ``"sgd"``)
+    and implement :meth:`loss` (gradient methods) or nothing (statistics-only methods). The
+    caller may pass ``optimizer_factory`` (``params -> optimizer``) to replace the default.
     """
 
     name = "tta"
     use_batch_stats = True
-    default_params: str | None = None  # None: no gradient step
+    default_params: str | None = None
     default_lr = 1e-3
+    optimizer_kind = "adam"
 
     def __init__(self, model: nn.Module, config: TTAConfig | None = None,
                  optimizer_factory: OptimizerFactory | None = None) -> None:
@@ -224,8 +362,7 @@ class TTAMethod(nn.Module):
         self.optimizer = None
         if self.params:
             lr = self.config.lr or self.default_lr
-            factory = optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=lr))
-            self.optimizer = factory(self.params)
+            self.optimizer = (optimizer_factory or partial(_OPTIMIZERS[self.optimizer_kind], lr=lr))(self.params)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self._initial_model = copy.deepcopy(self.state_dict())
         self._initial_optimizer = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
@@ -247,36 +384,55 @@ class TTAMethod(nn.Module):
             return []
         return _select_params(self.model, which)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Unsupervised loss on the test batch ``x (B, 3, H, W)``; a scalar."""
+    def loss(self, outputs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Unsupervised loss (a scalar) from the forward pass's ``outputs (B, 2, H, W)`` on ``x (B, 3, H, W)``."""
         raise NotImplementedError
 
     def after_step(self) -> None:
         """Hook after each optimizer step (the mean teacher updates its teacher here)."""
 
+    def step(self, loss: torch.Tensor) -> None:
+        """One update: gradients of ``loss``, the optimizer's step, then :meth:`after_step`."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.after_step()
+
+    @torch.enable_grad()
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Tent's ``forward_and_adapt``: forward ``x``, loss on those outputs, one update; returns the outputs."""
+        outputs = self.model(x)  # (B, 2, H, W): the prediction, made before the update it drives
+        self.step(self.loss(outputs, x))
+        return outputs
+
     # -- the public verbs --------------------------------------------------------------------
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """Take ``config.steps`` steps on ``x (B, 3, H, W)``, then return logits ``(B, 2, H, W)``."""
-        if self.optimizer is not None:
-            for _ in range(self.config.steps):
-                loss = self.loss(x)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.after_step()
-        return self.predict(x)
+        """Adapt on ``x (B, 3, H, W)`` (``config.steps`` updates) and return logits ``(B, 2, H, W)``.
+
+        The logits are those of the last forward pass that made an update (statistics-only
+        methods: a forward pass with the batch's statistics).
+        """
+        if self.optimizer is None:
+            return self.predict(x)
+        for _ in range(self.config.steps):
+            outputs = self.forward_and_adapt(x)
+        return outputs.detach()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 2, H, W)`` for ``x (B, 3, H, W)`` with the current state, no update."""
         return self.model(x)
 
-    def reset(self) -> None:
-        """Restore the weights, statistics and optimizer state of right after wrapping."""
+    def restore(self) -> None:
+        """Weights, statistics and optimizer state of right after wrapping (the random stream goes on)."""
         self.load_state_dict(self._initial_model)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(self._initial_optimizer)
+
+    def reset(self) -> None:
+        """:meth:`restore`, and the random stream (augmentations, restore masks) reseeded."""
+        self.restore()
         self.generator.manual_seed(self.config.seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -306,8 +462,8 @@ class Tent(TTAMethod):
     name = "tent"
     default_params = "norm"
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return binary_entropy(self.model(x)).mean()
+    def loss(self, outputs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return binary_entropy(outputs).mean()
 
 
 class PseudoLabel(TTAMethod):
@@ -323,37 +479,76 @@ class PseudoLabel(TTAMethod):
         mask = ((p > t) | (p < 1 - t)).float()
         return (p > 0.5).float(), mask
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        labels, mask = self.pseudo_labels(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B, 2, H, W)
+    def loss(self, outputs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        labels, mask = self.pseudo_labels(outputs)
+        bce = F.binary_cross_entropy_with_logits(outputs, labels, reduction="none")  # (B, 2, H, W)
         return (bce * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 class MEMO(TTAMethod):
-    """MEMO: minimise the entropy of the prediction averaged over augmented views of each image.
+    """MEMO, as its authors' ImageNet code: episodic, one test image at a time.
 
-    MEMO adapts every weight and keeps the source BN statistics, so it works on a single image.
+    For each image: restore the source weights, take ``config.steps`` SGD steps on the marginal
+    entropy of the predictions over ``config.n_augmentations`` AugMix views (each view
+    horizontally flipped with probability 1/2, the flip undone on its output), then predict the
+    un-augmented image. Every BatchNorm mixes its source statistics with the current batch's by the
+    prior ``N/(N+1)`` (:class:`PriorBatchNorm2d`), in adaptation (the views) and prediction (the
+    image alone). Every weight is adapted. After the image the weights return to the source, so
+    the regime (episodic, online, continual) and the batch size do not change MEMO's predictions.
     """
 
     name = "memo"
     use_batch_stats = False
     default_params = "all"
-    default_lr = 1e-5
+    default_lr = 2.5e-4
+    optimizer_kind = "sgd"
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        views, undo = augment(x, self.config.n_augmentations, jitter=self.config.jitter, generator=self.generator)
-        probs = undo(torch.sigmoid(self.model(views)))  # (k, B, 2, H, W)
-        return _entropy_of_probs(probs.mean(0)).mean()  # marginal entropy over views
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        prior = self.config.prior_strength / (self.config.prior_strength + 1)
+        return use_prior_norm(model.eval(), prior)
+
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(views (K, 3, H, W), flipped (K,) bool)``: AugMix views of one image ``x (3, H, W)``."""
+        c = self.config
+        pixels = (x * c.pixel_std + c.pixel_mean).clamp(0, 1).cpu()
+        flipped = torch.rand(c.n_augmentations, generator=self.generator) < 0.5
+        out = [augmix(pixels.flip(-1) if f else pixels, self.generator) for f in flipped.tolist()]
+        return ((torch.stack(out) - c.pixel_mean) / c.pixel_std).to(x), flipped.to(x.device)
+
+    @torch.enable_grad()
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """One step on one image ``x (1, 3, H, W)``; returns the views' logits ``(K, 2, H, W)``, flips undone."""
+        views, flipped = self.views(x[0])
+        logits = self.model(views)  # (K, 2, H, W)
+        logits = torch.where(flipped[:, None, None, None], logits.flip(-1), logits)
+        self.step(marginal_binary_entropy(logits[:, None]).mean())
+        return logits
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(len(x)):
+            self.restore()
+            for _ in range(self.config.steps):
+                self.forward_and_adapt(x[i:i + 1])
+            out.append(self.predict(x[i:i + 1]))
+        self.restore()  # episodic: the next test point starts from the source model again
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """One image at a time (the BN prior mixes in that image's statistics only)."""
+        return torch.cat([self.model(x[i:i + 1]) for i in range(len(x))])
 
 
 class MeanTeacher(TTAMethod):
     """CoTTA-style mean teacher for continual TTA.
 
-    The teacher (an EMA of the student) predicts on augmented views; their average is the soft
-    target of the student (binary cross-entropy). After each step the teacher follows the student
-    (:func:`ema_update`) and a random ``restore_prob`` fraction of the student's weights returns
-    to the source weights, which limits drift and forgetting. Predictions come from the teacher.
+    In the forward pass that makes the update, the teacher (an EMA of the student) predicts on
+    ``config.n_augmentations`` augmented views of the batch (one forward pass per view, as CoTTA);
+    the average of its logits is the soft target of the student's binary cross-entropy and the
+    prediction returned, as CoTTA's ``outputs_ema``. After each step the teacher follows the
+    student (:func:`ema_update`) and a random ``restore_prob`` fraction of the student's weights
+    returns to the source weights, which limits drift and forgetting. ``predict`` uses the teacher.
     """
 
     name = "mean_teacher"
@@ -363,11 +558,19 @@ class MeanTeacher(TTAMethod):
         self.teacher = configure_norm(copy.deepcopy(model), self.use_batch_stats).requires_grad_(False)
         self.source = copy.deepcopy(self.teacher)  # theta_0, the target of the stochastic restore
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            views, undo = augment(x, self.config.n_augmentations, jitter=self.config.jitter, generator=self.generator)
-            target = undo(torch.sigmoid(self.teacher(views))).mean(0)  # (B, 2, H, W)
-        return F.binary_cross_entropy_with_logits(self.model(x), target)
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits ``(B, 2, H, W)`` averaged over augmented views of ``x``."""
+        k = self.config.n_augmentations
+        views, undo = augment(x, k, jitter=self.config.jitter, generator=self.generator)
+        return undo(torch.cat([self.teacher(v) for v in views.chunk(k)])).mean(0)
+
+    @torch.enable_grad()
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(x)
+        target = self.teacher_logits(x)
+        self.step(F.binary_cross_entropy_with_logits(outputs, torch.sigmoid(target)))
+        return target
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -385,3 +588,42 @@ class MeanTeacher(TTAMethod):
 #: Every method by name, in the order the notebook shows them.
 METHODS: dict[str, type[TTAMethod]] = {cls.name: cls for cls in
                                        (SourceOnly, NormStats, Tent, PseudoLabel, MEMO, MeanTeacher)}
+
+#: Per method: its reference code, and what the kit does differently from it (notebook 06 prints this).
+REFERENCE_NOTES: dict[str, dict[str, object]] = {
+    "norm_stats": {
+        "reference": "DequanWang/tent norm.py (Schneider et al. 2020)",
+        "differs": ["no running average is kept (norm.py updates one with momentum 0.1 but never uses it in the "
+                    "forward pass: the outputs are the same)",
+                    "no source prior: Schneider et al.'s N = 0, the batch statistics alone"],
+    },
+    "tent": {
+        "reference": "DequanWang/tent tent.py, cfgs/tent.yaml (Adam 1e-3, 1 step)",
+        "differs": ["entropy of two independent sigmoid channels (disc, cup) per pixel, not of a softmax over classes",
+                    "layers other than BatchNorm stay in eval mode (tent.py calls model.train(); the U-Net has no "
+                    "dropout, so the outputs are the same)"],
+    },
+    "pseudo_label": {
+        "reference": "Lee 2013 (no test-time code): the test-time variant of Tent's baseline",
+        "differs": ["test-time only: hard labels from the batch's own confident pixels (threshold), BN affine "
+                    "parameters updated, one step per batch; Lee trains every weight on labelled and pseudo-"
+                    "labelled data with a ramped weight"],
+    },
+    "memo": {
+        "reference": "zhangmarvin/memo imagenet-exps (SGD 2.5e-4, 1 step, 64 AugMix views, BN prior 16)",
+        "differs": ["no random-resized crop and none of AugMix's geometric operations (rotate, shear, translate): "
+                    "the marginal is taken per pixel, so every view must map back onto the image's pixels; the "
+                    "horizontal flip is kept and undone on the output",
+                    "marginal entropy of two sigmoid channels per pixel, averaged over pixels",
+                    "views per image from the profile (tta_views), fewer than MEMO's 64 in the ci and cpu profiles"],
+    },
+    "mean_teacher": {
+        "reference": "qinenergy/cotta cifar/cotta.py, cfgs/cifar10/cotta.yaml (Adam 1e-3, EMA 0.999, restore 0.01)",
+        "differs": ["EMA decay 0.99 instead of 0.999 (streams of tens of batches, not thousands)",
+                    "augmented views are flips and brightness/contrast jitter; CoTTA's CIFAR code adds colour "
+                    "jitter, affine warps, blur and noise",
+                    "the teacher always averages its augmented views; CoTTA does so only when the source model's "
+                    "confidence on the batch is below a threshold (0.92 on CIFAR-10-C)",
+                    "views per batch from the profile (tta_views); CoTTA uses 32"],
+    },
+}

@@ -111,7 +111,7 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable = np.mean, *, n_re
                  confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Percentile bootstrap confidence interval of a statistic of one sample of images.
 
-    ``nan`` values (e.g. HD95 of an empty prediction) are dropped first: count them separately.
+    ``nan`` values are dropped first.
 
     Args:
         values: ``(n,)`` one number per image.

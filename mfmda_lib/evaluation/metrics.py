@@ -8,19 +8,22 @@ slide.
 
 Edge cases (a model that predicts nothing is a real outcome, not a crash):
 
-============================  ========  ========  =============================================
-case                          Dice/IoU  HD95      why
-============================  ========  ========  =============================================
-both masks empty              1.0       0.0       nothing to find and nothing found: perfect
-exactly one mask empty        0.0       ``nan``   no surface to measure a distance to
-============================  ========  ========  =============================================
+============================  ========  ==============  =======================================
+case                          Dice/IoU  HD95            why
+============================  ========  ==============  =======================================
+both masks empty              1.0       0.0             nothing to find and nothing found: perfect
+exactly one mask empty        0.0       the diagonal    no surface to measure to: the largest
+                                                        distance the image allows (a penalty)
+============================  ========  ==============  =======================================
 
-HD95 ``nan`` values are left out of the means in :func:`per_domain_table`; count them separately
-when a method sometimes predicts nothing.
+The penalty keeps an empty prediction from *improving* a mean HD95: if empty predictions were
+left out (``nan``), a method that predicts no cup would look better than one that predicts a poor
+cup. :func:`segmentation_scores` also records ``disc_empty`` / ``cup_empty`` per image, and
+:func:`per_domain_table` / :func:`format_table` put the count of empty predictions beside each
+structure's means.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Sequence
 
@@ -37,6 +40,7 @@ __all__ = [
     "vcdr_error",
     "segmentation_scores",
     "SCORE_KEYS",
+    "hd95_penalty",
     "per_domain_table",
     "format_table",
 ]
@@ -46,7 +50,11 @@ SCORE_KEYS = (
     "disc_dice", "disc_iou", "disc_hd95",
     "cup_dice", "cup_iou", "cup_hd95",
     "vcdr_true", "vcdr_pred", "vcdr_abs_err",
+    "disc_empty", "cup_empty",
 )
+
+#: Suffix of the per-image flag "this structure's predicted mask is empty" (``disc_empty``, ``cup_empty``).
+EMPTY_SUFFIX = "_empty"
 
 #: Name of the row that :func:`per_domain_table` adds after the domains (macro average).
 MEAN_ROW = "mean"
@@ -109,6 +117,16 @@ def iou(pred: np.ndarray, target: np.ndarray) -> float:
     return int(np.logical_and(pred, target).sum()) / union
 
 
+def hd95_penalty(shape: Sequence[int], spacing: float | Sequence[float] = 1.0) -> float:
+    """HD95 charged when exactly one mask is empty: the image diagonal, ``sqrt((H sy)^2 + (W sx)^2)``.
+
+    No two pixels of the image are further apart, so an empty prediction never scores better than
+    any real one.
+    """
+    scale = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (2,))
+    return float(np.hypot(shape[0] * scale[0], shape[1] * scale[1]))
+
+
 def hd95(pred: np.ndarray, target: np.ndarray, spacing: float | Sequence[float] = 1.0) -> float:
     """95th-percentile symmetric Hausdorff distance between the two mask boundaries.
 
@@ -128,8 +146,8 @@ def hd95(pred: np.ndarray, target: np.ndarray, spacing: float | Sequence[float] 
         spacing: pixel size, one number or ``(row, col)``; 1.0 gives the distance in pixels.
 
     Returns:
-        HD95 in units of ``spacing``; 0.0 when both masks are empty, ``nan`` when exactly one
-        is empty (there is no boundary to measure to).
+        HD95 in units of ``spacing``; 0.0 when both masks are empty; :func:`hd95_penalty` (the
+        image diagonal) when exactly one is empty (there is no boundary to measure to).
     """
     pred, target = _as_mask_pair(pred, target, "hd95")
     scale = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (2,))
@@ -139,7 +157,7 @@ def hd95(pred: np.ndarray, target: np.ndarray, spacing: float | Sequence[float] 
     if not has_pred and not has_target:
         return 0.0
     if has_pred != has_target:
-        return math.nan
+        return hd95_penalty(pred.shape, scale)
     from monai.metrics import compute_hausdorff_distance  # lazy: MONAI's import costs seconds
 
     y_pred = torch.from_numpy(pred)[None, None]  # (1, 1, H, W)
@@ -183,8 +201,9 @@ def segmentation_scores(pred_disc: np.ndarray, pred_cup: np.ndarray, sample: Fun
         sample: the :class:`FundusSample` holding the reference masks.
 
     Returns:
-        ``{key: float}`` with the keys of :data:`SCORE_KEYS`: Dice, IoU and HD95 (pixels) for
-        disc and cup, the true and predicted vCDR, and their absolute difference.
+        ``{key: value}`` with the keys of :data:`SCORE_KEYS`: Dice, IoU and HD95 (pixels; the image
+        diagonal for an empty mask) for disc and cup, the true and predicted vCDR, their absolute
+        difference, and ``disc_empty`` / ``cup_empty`` (bool: the predicted mask is empty).
     """
     size = sample.disc.shape
     for name, mask in (("pred_disc", pred_disc), ("pred_cup", pred_cup)):
@@ -206,6 +225,8 @@ def segmentation_scores(pred_disc: np.ndarray, pred_cup: np.ndarray, sample: Fun
         "vcdr_true": vcdr_true,
         "vcdr_pred": vcdr_pred,
         "vcdr_abs_err": abs(vcdr_pred - vcdr_true),
+        "disc_empty": not pred_disc.any(),
+        "cup_empty": not pred_cup.any(),
     }
 
 
@@ -233,7 +254,9 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
         and ``m_std``. After each method's domains comes a row named ``"mean"``: the average of
         the domain means (every domain weighs the same however many images it has), with ``m_std``
         the spread of the domain means across domains and ``n`` the total count. ``nan`` values
-        (e.g. HD95 of an empty prediction) are skipped.
+        are skipped. When the rows carry ``<s>_empty`` flags (:func:`segmentation_scores`) for a
+        structure ``s`` of the metrics (``disc_hd95`` -> ``disc``), a column ``<s>_empty`` counts the
+        empty predictions (the mean row: over every domain), right after that structure's metrics.
     """
     metrics = list(metrics)
     if not rows:
@@ -248,6 +271,8 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
             raise ValueError(f"per_domain_table: row {i} uses the reserved domain name {MEAN_ROW!r}")
     frame = pd.DataFrame(rows)
     frame[metrics] = frame[metrics].astype(float)
+    empties = [e for e in dict.fromkeys(_structure(m) + EMPTY_SUFFIX for m in metrics) if e in frame.columns]
+    frame[empties] = frame[empties].eq(True)  # a row without the flag counts as not empty
     has_method = "method" in frame.columns
     if has_method and frame["method"].isna().any():
         raise ValueError("per_domain_table: some rows have a 'method' and some do not; give every row one")
@@ -278,6 +303,7 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
             for m in metrics:
                 rec[m] = group[m].mean()
                 rec[f"{m}_std"] = group[m].std(ddof=ddof)
+            rec.update({e: int(group[e].sum()) for e in empties})
             domain_rows.append(rec)
             records.append(rec)
             index.append(domain if method is None else (method, domain))
@@ -286,22 +312,39 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
         for m in metrics:
             rec[m] = means[m].mean()
             rec[f"{m}_std"] = means[m].std(ddof=ddof)
+        rec.update({e: int(means[e].sum()) for e in empties})
         records.append(rec)
         index.append(MEAN_ROW if method is None else (method, MEAN_ROW))
 
-    columns = ["n"] + [c for m in metrics for c in (m, f"{m}_std")]
+    columns = ["n"]
+    for i, m in enumerate(metrics):
+        columns += [m, f"{m}_std"]
+        empty = _structure(m) + EMPTY_SUFFIX
+        if empty in empties and all(_structure(k) != _structure(m) for k in metrics[i + 1:]):
+            columns.append(empty)  # after the structure's last metric
     if has_method:
         idx = pd.MultiIndex.from_tuples(index, names=["method", "domain"])
     else:
         idx = pd.Index(index, name="domain")
     table = pd.DataFrame(records, index=idx, columns=columns)
     table["n"] = table["n"].astype(int)
+    for e in empties:
+        table[e] = table[e].astype(int)
     return table
 
 
+def _structure(metric: str) -> str:
+    """``"disc_hd95"`` -> ``"disc"``: the structure a metric key belongs to."""
+    return metric.split("_", 1)[0]
+
+
+def _is_count(column: str) -> bool:
+    return column == "n" or column.endswith(EMPTY_SUFFIX)
+
+
 def _table_metrics(df: pd.DataFrame) -> list[str]:
-    """Value columns of a table: every column but ``n`` and the ``_std`` partners."""
-    return [c for c in df.columns if c != "n" and not (c.endswith("_std") and c[:-4] in df.columns)]
+    """Value columns of a table: every column but ``n``, the ``_std`` partners and the empty counts."""
+    return [c for c in df.columns if not _is_count(c) and not (c.endswith("_std") and c[:-4] in df.columns)]
 
 
 def _cell(mean: float, std: float, digits: int) -> str:
@@ -329,6 +372,9 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
 def format_table(df: pd.DataFrame, digits: int = 3) -> str:
     """Render a table as Markdown: ``mean ± std`` where a column has a ``_std`` partner, else the value.
 
+    Counts (``n`` and the ``<s>_empty`` empty-prediction counts of :func:`per_domain_table`) are
+    shown as integers, each in its place among the columns.
+
     Uses ``DataFrame.to_markdown`` when the optional ``tabulate`` package is installed, else a
     small built-in formatter; both give a header row, an alignment row and one line per row.
 
@@ -345,13 +391,13 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> str:
             f"format_table: no value columns in {list(df.columns)} (only 'n' and '_std' columns)"
         )
     keys = list(df.index.names) if isinstance(df.index, pd.MultiIndex) else [df.index.name or "domain"]
-    header = keys + (["n"] if "n" in df.columns else []) + metrics
+    shown = (["n"] if "n" in df.columns else []) + [c for c in df.columns if c != "n" and (c in metrics or _is_count(c))]
+    header = keys + shown
     body = []
     for key, row in df.iterrows():
         cells = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
-        if "n" in df.columns:
-            cells.append(str(int(row["n"])))
-        cells += [_cell(row[m], row.get(f"{m}_std", float("nan")), digits) for m in metrics]
+        cells += [("n/a" if pd.isna(row[c]) else str(int(row[c]))) if _is_count(c)
+                  else _cell(row[c], row.get(f"{c}_std", float("nan")), digits) for c in shown]
         body.append(cells)
     try:
         import tabulate  # noqa: F401  (optional: only decides which formatter runs)

@@ -40,8 +40,8 @@ KNOWN_RESULTS: dict[str, str] = {
 #: Row keys that identify an image or describe it rather than the method setting that produced it.
 IDENTITY_KEYS = ("domain", "sample_id", "step", "n_labels", "suspect", "n")
 
-#: Suffixes / names of per-image metric keys (never a setting).
-_METRIC_TAGS = ("_dice", "_iou", "_hd95", "_err", "vcdr_true", "vcdr_pred", "_auroc", "_ece")
+#: Suffixes / names of per-image metric keys and flags (never a setting).
+_METRIC_TAGS = ("_dice", "_iou", "_hd95", "_err", "vcdr_true", "vcdr_pred", "_auroc", "_ece", "_empty")
 
 #: A key with more distinct values than this is not treated as a setting column.
 MAX_SETTING_VALUES = 12
