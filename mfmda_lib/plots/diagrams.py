@@ -146,20 +146,30 @@ def decoder_adapter_diagram(mask_decoder: nn.Module) -> Diagram:
 
 
 def tta_diagram(methods: Mapping[str, nn.Module]) -> Diagram:
-    """For each test-time method: which statistics it normalises with, and which parameters it may change."""
-    from ..adapt.tta import collect_norm_params
+    """For each test-time method: which statistics it normalises with, and which parameters it may change.
+
+    The statistics are read off the wrapped model's BatchNorm layers (train mode without running
+    statistics: the test batch's; MEMO's :class:`~mfmda_lib.adapt.tta.PriorBatchNorm2d`: a mixture).
+    """
+    from ..adapt.tta import PriorBatchNorm2d, collect_norm_params
 
     rows = []
     for name, method in methods.items():
         norm, _ = collect_norm_params(method.model)
+        bns = [m for m in method.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        priors = [m.prior for m in bns if isinstance(m, PriorBatchNorm2d)]
+        if priors:
+            stats = Block("mixed statistics", kind="op", note=f"{priors[0]:.2f} x source + rest x test batch")
+        elif bns and all(m.training and m.running_mean is None for m in bns):
+            stats = Block("batch statistics", kind="op", note="of the test batch")
+        else:
+            stats = Block("source statistics", kind="op", note="running averages")
         updated = {id(p) for p in getattr(method, "params", [])}
         norm_ids = {id(p) for p in norm}
         n_norm = sum(p.numel() for p in norm)
         others = [p for p in method.model.parameters() if id(p) not in norm_ids]
         n_other = sum(p.numel() for p in others)
-        blocks = [Block("batch statistics" if method.use_batch_stats else "source statistics", kind="op",
-                        note="of the test batch" if method.use_batch_stats else "running averages"),
-                  Block("BN scale, shift", n_norm, sum(p.numel() for p in norm if id(p) in updated)),
+        blocks = [stats, Block("BN scale, shift", n_norm, sum(p.numel() for p in norm if id(p) in updated)),
                   Block("other weights", n_other, sum(p.numel() for p in others if id(p) in updated))]
         teacher = getattr(method, "teacher", None)
         if teacher is not None:
