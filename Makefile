@@ -2,7 +2,7 @@
 #   make demo   set up, generate the default synthetic benchmark and run the kit's main job (mfmda run: the MFM-DA pipeline)
 #   make test   set up and run the unit tests + every notebook and its student version (nbval) in the `ci` profile
 # Teaching material:
-#   make student  write the student version of every notebook (solution cells removed) to build/student/
+#   make student  write the student edition of every notebook (exercise stubs, no answer key) to build/student/
 #   make slides   build the seminar decks into self-contained HTML under slides/build/
 PYTHON ?= python3
 VENV   ?= .venv
