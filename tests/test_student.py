@@ -184,7 +184,7 @@ def test_every_question_is_answered_in_a_solution_cell_the_student_never_sees(pa
     blocks = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Questions" in c.source]
     assert blocks, f"{path.name} has no Questions block"
     for i in blocks:
-        answer = nb.cells[i + 1]
+        answer = nb.cells[i + 1] if i + 1 < len(nb.cells) else {}
         assert student.is_answer(answer), f"{path.name}: the Questions of cell {i} need a Markdown solution cell after them"
         asked = _questions(nb.cells[i].source)
         answered = re.findall(r"^(\d+)\. ", answer.source, flags=re.M)
