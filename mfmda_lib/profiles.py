@@ -58,6 +58,8 @@ class Profile:
         tta_batch_size: test images per adaptation batch (notebook 06).
         tta_views: augmented views per test image (MEMO: 64 in its authors' ImageNet runs) and per
             test batch (the mean teacher; CoTTA: 32) in notebook 06.
+        verdict_seeds: seeds (source models trained from scratch, each with its own random draws)
+            that every comparison of notebook 06 and its verdicts rest on (>= 3 outside ``ci``).
         ssl_image_size: image side for self-supervised pretraining of the small ViT (notebook 02).
         ssl_pool_per_domain: unlabelled ``train`` images per domain in the pretraining pool (notebook 02).
         ssl_mae_steps: optimisation steps of MAE pretraining.
@@ -136,6 +138,7 @@ class Profile:
     small_model_epochs: int
     tta_batch_size: int
     tta_views: int
+    verdict_seeds: int
     # notebook 02: self-supervised pretraining
     ssl_image_size: int
     ssl_pool_per_domain: int
@@ -236,7 +239,8 @@ SIZES: dict[str, tuple] = {
     "small_model_size":   (64, 96, 128),
     "small_model_epochs": (2, 60, 40),
     "tta_batch_size":     (4, 8, 16),
-    "tta_views":          (2, 16, 64),
+    "tta_views":          (2, 32, 64),
+    "verdict_seeds":      (2, 3, 5),
     # notebook 02
     "ssl_image_size":     (64, 64, 128),
     "ssl_pool_per_domain": (8, 256, 1000),

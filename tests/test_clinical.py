@@ -243,3 +243,14 @@ def test_checklist_is_filled_from_measurements(samples, tmp_path):
     md = reporting.markdown_table(checklist)
     assert md.splitlines()[0].startswith("| item") and len(md.splitlines()) == len(checklist) + 2
     assert reporting.markdown_table(pd.DataFrame({"a": ["x|y"]})).count("\\|") == 1
+
+
+def test_summarise_rows_pools_seeds_and_paired_difference_says_its_verdict():
+    rows = [dict(r, seed=s) for s in (0, 1, 2) for r in _method_rows()]
+    assert reporting.setting_columns(rows) == ["method"], "a seed is not a setting"
+    summary = reporting.summarise_rows(rows, CONFIG, metrics=("cup_dice",))
+    assert list(summary.index) == ["frozen", "adapter"] and (summary.n == 18).all() and (summary.n_seeds == 3).all()
+    diff = reporting.paired_difference(rows, "cup_dice", "frozen", config=CONFIG)
+    assert diff.loc["adapter", "n_seeds"] == 3 and diff.loc["adapter", "verdict"] == "better"
+    err = reporting.paired_difference(rows, "cup_dice", "frozen", config=CONFIG, higher_is_better=False)
+    assert err.loc["adapter", "verdict"] == "worse"

@@ -54,3 +54,31 @@ def test_seed_table_reports_each_method():
     t = stats.seed_table(rows, ["dice"])
     assert list(t.index) == ["a", "b"] and t.loc["a", "dice"] == pytest.approx(0.8)
     assert t.loc["a", "n_seeds"] == 3 and t.loc["b", "n_images"] == 5
+
+
+def test_comparison_table_runs_each_spec_on_its_subset():
+    rng = np.random.default_rng(3)
+    b = rng.uniform(0.3, 0.9, size=(3, 20))
+    rows = [dict(r, setting="online") for r in _rows("a", b + 0.1) + _rows("b", b)]
+    rows += [dict(r, setting="bs1") for r in _rows("a", b - 0.1) + _rows("b", b)]
+    specs = [{"question": "q1", "where": {"setting": s}, "metric": "dice", "method": "a", "baseline": "b"}
+             for s in ("online", "bs1")]
+    specs.append({"question": "q2", "where": {"method": "a"}, "by": "setting", "metric": "dice",
+                  "method": "bs1", "baseline": "online"})
+    t = stats.comparison_table(rows, specs, n_resamples=200)
+    assert t["question"].tolist() == ["q1", "q1", "q2"] and t["setting"].tolist()[:2] == ["online", "bs1"]
+    assert t["verdict"].tolist() == ["better", "worse", "worse"]
+    assert t["diff"].tolist() == pytest.approx([0.1, -0.1, -0.2])
+    assert t.loc[2, "where_method"] == "a" and t.loc[2, "method"] == "bs1" and t.loc[2, "n_images"] == 20
+    assert stats.comparison_table(rows, specs, n_resamples=200).equals(t)  # same seed, same numbers
+
+
+def test_group_difference_resamples_each_group_on_its_own():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0.7, 0.05, 40), rng.normal(0.5, 0.05, 25)  # different images, different counts
+    d, lo, hi = stats.group_difference(a, b, n_resamples=500)
+    assert d == pytest.approx(a.mean() - b.mean()) and lo < d < hi and stats.verdict_word(lo, hi) == "better"
+    same = stats.group_difference(a, a[::-1], n_resamples=500)
+    assert stats.verdict_word(same[1], same[2]) == stats.NO_DIFFERENCE
+    assert stats.group_difference(a, b, n_resamples=500) == (d, lo, hi)  # seeded
+    assert np.isnan(stats.group_difference(a, [np.nan])[0])

@@ -7,6 +7,7 @@ from torch import nn
 
 from mfmda_lib.adapt import tta
 from mfmda_lib.adapt import tta_benchmark as tb
+from mfmda_lib.adapt import tta_source as ts
 from mfmda_lib.data import generate_sample
 from mfmda_lib.models.unet import UNet, UNetConfig
 
@@ -312,17 +313,17 @@ def _samples(domain, n, split):
 
 def test_source_model_checkpoint_is_loaded_when_present(tmp_path, monkeypatch):
     train, val = _samples("refuge_train", 4, "train"), _samples("refuge_train", 2, "test")
-    config = tb.SourceTrainConfig(unet=UNetConfig(base_channels=4, depth=2), batch_size=2)
+    config = ts.SourceTrainConfig(unet=UNetConfig(base_channels=4, depth=2), batch_size=2)
     ckpt = tmp_path / "source.pt"
-    model, info = tb.train_source_model(train, val, size=SIZE, epochs=1, config=config, checkpoint=ckpt,
+    model, info = ts.train_source_model(train, val, size=SIZE, epochs=1, config=config, checkpoint=ckpt,
                                         progress=False)
     assert info["trained"] and ckpt.is_file() and not (tmp_path / "source.pt.partial").exists()
 
     def no_training(*args, **kwargs):
         raise AssertionError("the second call must load the checkpoint, not train")
 
-    monkeypatch.setattr(tb, "fit", no_training)
-    again, info2 = tb.train_source_model(train, val, size=SIZE, epochs=1, config=config, checkpoint=ckpt,
+    monkeypatch.setattr(ts, "fit", no_training)
+    again, info2 = ts.train_source_model(train, val, size=SIZE, epochs=1, config=config, checkpoint=ckpt,
                                          progress=False)
     assert not info2["trained"] and info2["val_dice"] == info["val_dice"]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

@@ -7,6 +7,8 @@
 - ``sam_comparison``: notebook 05's comparison of those methods with the frozen model.
 - ``tta``: test-time adaptation methods sharing one interface (wrap a model, ``adapt(x)``,
   ``predict(x)``, ``reset()``): source-only, norm statistics, Tent, pseudo-labels, MEMO, mean teacher.
-- ``tta_benchmark``: the source model, the three regimes (episodic, online, continual) and
-  forgetting, for notebook 06.
+- ``tta_source``: notebook 06's source models, a small U-Net trained on the source, one per seed.
+- ``tta_benchmark``: the three regimes (episodic, online, continual), the failure settings and
+  forgetting, over every seed, for notebook 06.
+- ``tta_verdicts``: notebook 06's paired comparisons over seeds and images, and its verdict.
 """

@@ -351,6 +351,9 @@ class TTAMethod(nn.Module):
     default_params: str | None = None
     default_lr = 1e-3
     optimizer_kind = "adam"
+    #: True when ``adapt`` restores the source after every image (MEMO): predictions then do not
+    #: depend on the regime or the batch size.
+    episodic_per_image = False
 
     def __init__(self, model: nn.Module, config: TTAConfig | None = None,
                  optimizer_factory: OptimizerFactory | None = None) -> None:
@@ -502,6 +505,7 @@ class MEMO(TTAMethod):
     default_params = "all"
     default_lr = 2.5e-4
     optimizer_kind = "sgd"
+    episodic_per_image = True
 
     def configure_model(self, model: nn.Module) -> nn.Module:
         prior = self.config.prior_strength / (self.config.prior_strength + 1)

@@ -1,7 +1,6 @@
-"""The test-time adaptation benchmark of notebook 06: a source model, three regimes, forgetting.
+"""The test-time adaptation benchmark of notebook 06: three regimes, forgetting, seeds.
 
-1. :func:`source_model` trains a small :class:`~mfmda_lib.models.unet.UNet` on the source
-   domain only (through :func:`mfmda_lib.train.fit`), or loads it when its checkpoint exists.
+1. :mod:`mfmda_lib.adapt.tta_source` trains the source models (one per seed).
 2. :func:`run_regime` streams target batches through one :class:`~mfmda_lib.adapt.tta.TTAMethod`:
 
    - ``episodic``: ``reset()`` before every batch (each batch adapted from the source model);
@@ -10,18 +9,17 @@
 
 3. :func:`forgetting` scores the method back on the source test set, before and after the stream.
 4. :func:`run_tta_benchmark` runs every method in every regime plus the failure settings
-   (batch size 1, severity 2) and returns the tables the notebook shows and saves.
+   (batch size 1, severity 2), once per seed (a source model trained with that seed, and the
+   method's own random draws seeded with it), and returns the tables the notebook shows and
+   saves. :mod:`mfmda_lib.adapt.tta_verdicts` turns its rows into paired comparisons with intervals.
 
-Sections: tensors and scoring -> source model -> regimes -> benchmark.
+Sections: tensors and scoring -> regimes -> benchmark.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -30,14 +28,11 @@ from torch.nn import functional as F
 
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
 from ..evaluation import dice, per_domain_table, vcdr_error
-from ..io import atomic_write
-from ..models.unet import UNet, UNetConfig
-from ..profiles import Profile, paths, seed_everything
-from ..train import FitConfig, fit
-from .tta import TTAMethod
+from ..profiles import Profile
+from .tta import TTAConfig, TTAMethod
 
-__all__ = ["SourceTrainConfig", "to_tensor", "masks_from_logits", "score_logits", "train_source_model",
-           "source_model", "REGIMES", "run_regime", "forgetting", "TTAResult", "run_tta_benchmark"]
+__all__ = ["to_tensor", "masks_from_logits", "score_logits", "REGIMES", "run_regime", "forgetting", "TTAData",
+           "tta_data", "TTAResult", "run_tta_benchmark"]
 
 #: Fixed input normalisation (the same for every domain: no per-image standardisation, which would
 #: hide the colour shift that test-time methods are meant to handle).
@@ -79,156 +74,15 @@ def score_logits(logits: torch.Tensor, samples: Sequence[FundusSample], **tags) 
     """One row per sample: ``tags`` (method, regime, ...), ``domain``, ``sample_id``, disc and cup Dice.
 
     Predictions are upsampled to the sample's size and scored against its full-resolution masks.
-    Only Dice and the vCDR error are computed (``segmentation_scores`` also computes HD95, which
-    costs more than the adaptation itself over the thousands of predictions of the benchmark).
+    Only Dice, the vCDR error and the empty-prediction flags are computed (``segmentation_scores``
+    also computes HD95, which costs more than the adaptation itself over the thousands of
+    predictions of the benchmark).
     """
     disc, cup = masks_from_logits(logits, samples[0].disc.shape[0])
     return [{**tags, "domain": s.domain, "sample_id": s.sample_id, "disc_dice": dice(disc[i], s.disc),
-             "cup_dice": dice(cup[i], s.cup), "vcdr_abs_err": vcdr_error(disc[i], cup[i], s.disc, s.cup)}
+             "cup_dice": dice(cup[i], s.cup), "vcdr_abs_err": vcdr_error(disc[i], cup[i], s.disc, s.cup),
+             "disc_empty": not disc[i].any(), "cup_empty": not cup[i].any()}
             for i, s in enumerate(samples)]
-
-
-def _soft_dice(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Mean soft Dice over batch and channels: ``(B, C, H, W)`` logits and targets -> scalar."""
-    p = torch.sigmoid(logits)
-    inter = (p * y).sum(dim=(2, 3))
-    return ((2 * inter + eps) / (p.sum(dim=(2, 3)) + y.sum(dim=(2, 3)) + eps)).mean()
-
-
-# ---------------------------------------------------------------------------------------------
-# source model
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SourceTrainConfig:
-    """How the source model is trained (epochs and image size come from the profile).
-
-    Attributes:
-        unet: the model's shape.
-        lr: Adam learning rate.
-        batch_size: images per step.
-        val_fraction: share of the source training images held out for early stopping.
-        patience: early-stopping patience in epochs (None: never stop early).
-        jitter: relative brightness/contrast augmentation; kept mild so the source model does not
-            learn the target cameras' colours by accident (that is the test-time methods' job).
-    """
-
-    unet: UNetConfig = UNetConfig()
-    lr: float = 3e-3
-    batch_size: int = 8
-    val_fraction: float = 0.2
-    patience: int | None = 8
-    jitter: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError(f"SourceTrainConfig: lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"SourceTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
-
-
-def _augment_batch(x: torch.Tensor, y: torch.Tensor, jitter: float, g: torch.Generator):
-    """Random flips (image and masks) and brightness/contrast jitter: same shapes out."""
-    if torch.rand(1, generator=g) < 0.5:
-        x, y = x.flip(-1), y.flip(-1)
-    if torch.rand(1, generator=g) < 0.5:
-        x, y = x.flip(-2), y.flip(-2)
-    shape = (x.shape[0], 1, 1, 1)
-    scale = 1 + jitter * (2 * torch.rand(shape, generator=g) - 1)
-    shift = jitter * (2 * torch.rand(shape, generator=g) - 1) / PIXEL_STD
-    return x * scale + shift, y
-
-
-def train_source_model(train: Sequence[FundusSample], val: Sequence[FundusSample], *, size: int, epochs: int,
-                       config: SourceTrainConfig | None = None, checkpoint: str | Path | None = None,
-                       seed: int = 0, progress: bool = True) -> tuple[UNet, dict]:
-    """Train a :class:`UNet` on labelled source images, or load it from ``checkpoint`` if that file exists.
-
-    Args:
-        train: labelled source images to fit.
-        val: held-out source images; early stopping keeps the epoch with the best mean Dice.
-        size: model input side (images are resized).
-        epochs: maximum epochs.
-        config: :class:`SourceTrainConfig`.
-        checkpoint: final weights file; ``<checkpoint>.partial`` holds the resumable run.
-        seed: seed of initialisation, shuffling and augmentation.
-
-    Returns:
-        ``(model in eval mode, info)`` where ``info`` has ``trained`` (False when loaded), the
-        best validation Dice, the number of epochs run and the seconds spent.
-    """
-    config = config or SourceTrainConfig()
-    seed_everything(seed)
-    model = UNet(config.unet)
-    final = Path(checkpoint) if checkpoint is not None else None
-    if final is not None and final.is_file():
-        payload = torch.load(final, map_location="cpu", weights_only=True)
-        model.load_state_dict(payload["model"])
-        return model.eval(), {**payload["info"], "trained": False}
-
-    x, y = to_tensor(train, size)  # (N, 3, S, S), (N, 2, S, S)
-    vx, vy = to_tensor(val, size)
-    g = torch.Generator().manual_seed(seed)
-
-    def batches(epoch: int):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i:i + config.batch_size]
-            yield _augment_batch(x[idx], y[idx], config.jitter, g)
-
-    def loss_fn(m, batch):
-        bx, by = batch
-        logits = m(bx)
-        return F.binary_cross_entropy_with_logits(logits, by) + 1 - _soft_dice(logits, by)
-
-    def validate(m) -> float:
-        logits = torch.cat([m(vx[i:i + config.batch_size]) for i in range(0, len(vx), config.batch_size)])
-        return float(_soft_dice(logits.sign() * 1e3, (vy > 0.5).float()))  # hard Dice of thresholded masks
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start = time.perf_counter()
-    partial = final.with_name(final.name + ".partial") if final is not None else None
-    history = fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs, patience=config.patience),
-                  validate=validate, checkpoint=partial, desc="source U-Net", progress=progress)
-    info = {"trained": True, "val_dice": history.best_score, "best_epoch": history.best_epoch,
-            "epochs_run": len(history.epochs), "seconds": round(time.perf_counter() - start, 1),
-            "n_train": len(train), "n_val": len(val)}
-    if final is not None:
-        with atomic_write(final) as handle:
-            torch.save({"model": model.state_dict(), "info": info}, handle)
-        partial.unlink(missing_ok=True)
-    return model.eval(), info
-
-
-def _checkpoint_path(profile: Profile, config: SourceTrainConfig) -> Path:
-    """``<cache>/checkpoints/unet_source_<profile>_<hash>.pt``, the hash over everything that shapes the model."""
-    key = {"profile": profile.name, "n": profile.train_per_domain, "size": profile.small_model_size,
-           "epochs": profile.small_model_epochs, "seed": profile.seed, "severity": profile.severity,
-           "config": asdict(config), "version": 1}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return paths().cache / "checkpoints" / f"unet_source_{profile.name}_{digest}.pt"
-
-
-def source_model(profile: Profile, config: SourceTrainConfig | None = None, *,
-                 progress: bool = True) -> tuple[UNet, dict]:
-    """The source-only U-Net of ``profile``: loaded from the cache if present, else trained and saved.
-
-    Trains on the first ``(1 - val_fraction)`` of the profile's ``train_per_domain`` source
-    images and early-stops on the rest; image size and epochs come from the profile.
-    """
-    from ..experiments import benchmark_samples  # experiments sits above adapt in the layering
-
-    config = config or SourceTrainConfig()
-    samples = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
-    n_val = max(1, round(config.val_fraction * len(samples)))
-    if len(samples) - n_val < 1:
-        raise ValueError(f"source_model: {len(samples)} source images cannot be split into train and validation; "
-                         f"raise train_per_domain of profile {profile.name}")
-    model, info = train_source_model(samples[:-n_val], samples[-n_val:], size=profile.small_model_size,
-                                     epochs=profile.small_model_epochs, config=config,
-                                     checkpoint=_checkpoint_path(profile, config), seed=profile.seed,
-                                     progress=progress)
-    return model, {**info, "checkpoint": str(_checkpoint_path(profile, config))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,19 +151,55 @@ def forgetting(method: TTAMethod, stream: Sequence[tuple[str, Sequence[FundusSam
 # benchmark
 # ---------------------------------------------------------------------------------------------
 
+#: How the benchmark builds a method: a class and its config (the seed is set per run), or
+#: ``(model, seed) -> TTAMethod``.
+MethodSpec = Union[tuple[type[TTAMethod], TTAConfig], Callable[[torch.nn.Module, int], TTAMethod]]
+Stream = list[tuple[str, list[FundusSample]]]
+
+
+@dataclass
+class TTAData:
+    """The images of one benchmark run.
+
+    Attributes:
+        stream: the target domains in order, each with its test images (default severity).
+        severe: the same domains at ``failure_severity``.
+        source: source-domain test images (forgetting).
+        failure_severity: the severe-shift setting.
+    """
+
+    stream: Stream
+    severe: Stream
+    source: list[FundusSample]
+    failure_severity: float
+
+
+def tta_data(profile: Profile, failure_severity: float = 2.0) -> TTAData:
+    """``eval_per_domain`` test images of every target domain (at the profile's severity and at
+    ``failure_severity``) and of the source domain."""
+    from ..experiments import benchmark_samples
+
+    def stream_at(severity: float | None) -> Stream:
+        test = benchmark_samples(profile, "test", profile.eval_per_domain, severity=severity)
+        return [(d, [s for s in test if s.domain == d]) for d in TARGET_DOMAINS]
+
+    source = benchmark_samples(profile, "test", profile.eval_per_domain, domains=[SOURCE_DOMAIN])
+    return TTAData(stream_at(None), stream_at(failure_severity), source, failure_severity)
+
+
 @dataclass
 class TTAResult:
     """Everything notebook 06 shows.
 
     Attributes:
         table: the headline table: method x target domain (online regime, default severity),
-            disc and cup Dice, with a mean row per method.
+            disc and cup Dice over every seed and image, with a mean row per method.
         settings: index ``(setting, method)``: mean target Dice and its change over source-only
             in each regime and failure setting.
         forgetting: per method, source Dice before and after the continual stream, and the drop.
-        rows: every scored image (keys: setting, method, regime, step, domain, scores).
-        source_rows: the forgetting evaluation's rows.
-        meta: sizes and timings.
+        rows: every scored image (keys: seed, setting, method, regime, step, domain, scores).
+        source_rows: the forgetting evaluation's rows (key ``when``: before / after).
+        meta: sizes, seeds and timings.
     """
 
     table: pd.DataFrame
@@ -341,55 +231,88 @@ def _forgetting_table(source_rows: list[dict]) -> pd.DataFrame:
     return out
 
 
-def run_tta_benchmark(profile: Profile, model: torch.nn.Module, methods: dict[str, Callable[[torch.nn.Module], TTAMethod]],
-                      *, failure_severity: float = 2.0, progress: bool = True) -> TTAResult:
-    """Every method in every regime, plus the failure settings, on the profile's target test images.
+def _build(spec: MethodSpec, model: torch.nn.Module, seed: int) -> TTAMethod:
+    if isinstance(spec, tuple):
+        cls, config = spec
+        return cls(model, replace(config, seed=seed))
+    return spec(model, seed)
+
+
+def _run_method(method: TTAMethod, data: TTAData, settings: list[tuple], /, *, batch_size: int, size: int,
+                **tags) -> tuple[list[dict], list[dict]]:
+    """One method, one seed: every setting, then the continual stream with forgetting.
+
+    A method that restores the source after every image (``episodic_per_image``, MEMO) predicts
+    the same whatever the regime and batch size, so it runs once per image set: its rows of the
+    other settings on that set are those of the first run (relabelled; ``step`` numbers are the
+    first run's), and forgetting is its source scores before and after that run.
+    """
+    rows, done = [], {}
+    for setting, stream, regime, bs in settings:
+        key = id(stream) if method.episodic_per_image else (setting,)
+        if key in done:
+            rows += [dict(r, setting=setting, regime=regime) for r in done[key]]
+            continue
+        done[key] = run_regime(method, stream, regime, batch_size=bs, size=size, setting=setting, **tags)
+        rows += done[key]
+    if method.episodic_per_image:
+        before = _source_scores(method, data.source, batch_size, size, when="before", setting="continual", **tags)
+        continual = [dict(r, setting="continual", regime="continual") for r in done[id(data.stream)]]
+        after = _source_scores(method, data.source, batch_size, size, when="after", setting="continual", **tags)
+        return rows + continual, before + after
+    continual, src = forgetting(method, data.stream, data.source, batch_size=batch_size, size=size,
+                                setting="continual", **tags)
+    return rows + continual, src
+
+
+def run_tta_benchmark(profile: Profile, models: torch.nn.Module | Mapping[int, torch.nn.Module],
+                      methods: Mapping[str, MethodSpec], *, data: TTAData | None = None,
+                      progress: bool = True) -> TTAResult:
+    """Every method in every regime, plus the failure settings, for each seed's source model.
 
     Settings (``setting`` key of the rows): ``episodic``, ``online``, ``continual`` at the
     profile's severity and ``tta_batch_size``; ``batch size 1`` (online, one image per batch);
-    ``severity <failure_severity>`` (online). Forgetting is measured on ``eval_per_domain``
-    source test images after the continual stream.
+    ``severity <failure_severity>`` (online). Forgetting is measured on the source test images
+    after the continual stream.
 
     Args:
-        profile: sizes (``eval_per_domain``, ``tta_batch_size``, ``small_model_size``, severity).
-        model: the trained source model.
-        methods: name -> ``model -> TTAMethod`` (e.g. ``lambda m: Tent(m, config)``).
-        failure_severity: the severe-shift setting.
+        profile: sizes (``tta_batch_size``, ``small_model_size``; ``eval_per_domain`` and the
+            severity through :func:`tta_data`).
+        models: ``{seed: trained source model}`` (e.g. from :func:`source_models`), or one model
+            (seed ``profile.seed``). Each seed's methods draw their randomness from that seed.
+        methods: name -> ``(TTAMethod subclass, TTAConfig)`` or ``(model, seed) -> TTAMethod``.
+        data: the images (default :func:`tta_data` of ``profile``).
 
     Returns:
-        A :class:`TTAResult`.
+        A :class:`TTAResult`; every row carries its ``seed``.
     """
     from tqdm.auto import tqdm
 
-    from ..experiments import benchmark_samples
-
-    def stream_at(severity: float | None):
-        test = benchmark_samples(profile, "test", profile.eval_per_domain, severity=severity)
-        return [(d, [s for s in test if s.domain == d]) for d in TARGET_DOMAINS]
-
-    stream = stream_at(None)
-    severe = stream_at(failure_severity)
-    source = benchmark_samples(profile, "test", profile.eval_per_domain, domains=[SOURCE_DOMAIN])
+    models = models if isinstance(models, Mapping) else {profile.seed: models}
+    data = data or tta_data(profile)
     size, bs = profile.small_model_size, profile.tta_batch_size
-    settings = [(regime, stream, regime, bs) for regime in ("episodic", "online")]
-    settings += [("batch size 1", stream, "online", 1), (f"severity {failure_severity:g}", severe, "online", bs)]
-    rows, source_rows, seconds = [], [], {}
-    for name, factory in tqdm(methods.items(), desc="TTA methods", disable=not progress):
+    settings = [(regime, data.stream, regime, bs) for regime in ("episodic", "online")]
+    settings += [("batch size 1", data.stream, "online", 1),
+                 (f"severity {data.failure_severity:g}", data.severe, "online", bs)]
+    rows, source_rows, seconds, reused = [], [], {}, []
+    runs = [(seed, name) for seed in models for name in methods]
+    for seed, name in tqdm(runs, desc="TTA seeds x methods", disable=not progress):
         start = time.perf_counter()
-        method = factory(model)
-        for setting, target_stream, regime, batch_size in settings:
-            rows += run_regime(method, target_stream, regime, batch_size=batch_size, size=size,
-                               method=name, setting=setting)
-        continual, src = forgetting(method, stream, source, batch_size=bs, size=size, method=name,
-                                    setting="continual")
-        rows += continual
-        source_rows += src
-        seconds[name] = round(time.perf_counter() - start, 1)
+        method = _build(methods[name], models[seed], seed)
+        if method.episodic_per_image and name not in reused:
+            reused.append(name)
+        new_rows, new_source = _run_method(method, data, settings, batch_size=bs, size=size, method=name, seed=seed)
+        rows += new_rows
+        source_rows += new_source
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
     online = [r for r in rows if r["setting"] == "online"]
     table = per_domain_table(online, METRICS, list(TARGET_DOMAINS))
     forgot = _forgetting_table(source_rows)
-    meta = {"severity": profile.severity, "failure_severity": failure_severity, "batch_size": bs,
-            "n_per_domain": profile.eval_per_domain, "size": size, "seconds_per_method": seconds,
+    meta = {"severity": profile.severity, "failure_severity": data.failure_severity, "batch_size": bs,
+            "n_per_domain": len(data.stream[0][1]), "size": size, "seeds": list(models),
+            "seconds_per_method": seconds,
             "source_dice_drop_after_continual": {m: [round(float(r[f"{k}_drop"]), 3) for k in METRICS]
                                                  for m, r in forgot.iterrows()}}
+    if reused:
+        meta["run_once_per_image_set"] = reused
     return TTAResult(table, _settings_table(rows), forgot, rows, source_rows, meta)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..data.synthetic import SOURCE_DOMAIN, TARGET_DOMAINS
-from .clinical import ClinicalConfig, ScreeningResult, bootstrap_ci, glaucoma_screening
+from .clinical import ClinicalConfig, ScreeningResult, glaucoma_screening
 from .metrics import _markdown
+from .stats import compare, seed_image_bootstrap, seed_matrix
 
 __all__ = ["KNOWN_RESULTS", "results_inventory", "load_result", "setting_columns", "summarise_rows",
            "paired_difference", "reporting_checklist", "markdown_table"]
@@ -38,7 +39,7 @@ KNOWN_RESULTS: dict[str, str] = {
 }
 
 #: Row keys that identify an image or describe it rather than the method setting that produced it.
-IDENTITY_KEYS = ("domain", "sample_id", "step", "n_labels", "suspect", "n")
+IDENTITY_KEYS = ("domain", "sample_id", "step", "n_labels", "suspect", "n", "seed")
 
 #: Suffixes / names of per-image metric keys and flags (never a setting).
 _METRIC_TAGS = ("_dice", "_iou", "_hd95", "_err", "vcdr_true", "vcdr_pred", "_auroc", "_ece", "_empty")
@@ -119,13 +120,15 @@ def summarise_rows(rows: Sequence[dict], config: ClinicalConfig, *,
                    domains: Sequence[str] = TARGET_DOMAINS) -> pd.DataFrame:
     """Re-summarise another notebook's per-image rows on the ``domains``, one line per setting.
 
-    Rows are grouped by :func:`setting_columns`; each group gets its number of images, the mean of
-    each metric with a bootstrap interval and, when rows hold ``vcdr_true`` and ``vcdr_pred``,
-    the glaucoma-screening AUC with its interval.
+    Rows are grouped by :func:`setting_columns`; each group gets its number of rows (seeds x
+    images), the mean of each metric with its interval (bootstrap over seeds and images,
+    :func:`mfmda_lib.evaluation.stats.seed_image_bootstrap`; rows without a ``seed`` are one seed)
+    and, when rows hold ``vcdr_true`` and ``vcdr_pred``, the glaucoma-screening AUC with its
+    interval (every seed's predictions pooled).
 
     Returns:
-        Index: the setting columns (or ``"all"``); columns ``n``, ``<m>``, ``<m>_lo``, ``<m>_hi``
-        for each metric present, and ``auc``, ``auc_lo``, ``auc_hi`` when available.
+        Index: the setting columns (or ``"all"``); columns ``n``, ``n_seeds``, ``<m>``, ``<m>_lo``,
+        ``<m>_hi`` for each metric present, and ``auc``, ``auc_lo``, ``auc_hi`` when available.
         Empty when no row is on ``domains``.
     """
     rows = [r for r in rows if r.get("domain") in set(domains)]
@@ -138,12 +141,12 @@ def summarise_rows(rows: Sequence[dict], config: ClinicalConfig, *,
     out = []
     for key, members in groups.items():
         entry = dict(zip(settings, key)) if settings else {"setting": "all"}
-        entry["n"] = len(members)
+        entry.update(n=len(members), n_seeds=len({r.get("seed", 0) for r in members}))
         for m in metrics:
-            values = [r[m] for r in members if r.get(m) is not None]
-            if values:
-                est, lo, hi = bootstrap_ci(values, n_resamples=config.n_resamples, confidence=config.confidence,
-                                           seed=config.seed)
+            if any(r.get(m) is not None for r in members):
+                values, _, _ = seed_matrix(members, m)  # (seeds, images)
+                est, lo, hi = seed_image_bootstrap(values, n_resamples=config.n_resamples,
+                                                   confidence=config.confidence, seed=config.seed)
                 entry.update({m: est, f"{m}_lo": lo, f"{m}_hi": hi})
         pairs = [(r["vcdr_true"], r["vcdr_pred"]) for r in members
                  if r.get("vcdr_true") is not None and r.get("vcdr_pred") is not None]
@@ -155,32 +158,30 @@ def summarise_rows(rows: Sequence[dict], config: ClinicalConfig, *,
 
 
 def paired_difference(rows: Sequence[dict], metric: str, baseline: str, *, config: ClinicalConfig,
-                      by: str = "method", domains: Sequence[str] = TARGET_DOMAINS) -> pd.DataFrame:
-    """Mean per-image difference ``method - baseline`` on the same images, with a bootstrap interval.
+                      by: str = "method", domains: Sequence[str] = TARGET_DOMAINS,
+                      higher_is_better: bool = True) -> pd.DataFrame:
+    """Mean per-image difference ``method - baseline`` on the same images, with its interval and verdict.
 
-    Images are matched by ``(domain, sample_id)`` and every other setting column, so the interval
-    reflects only how the *difference* varies between images (a paired comparison: much narrower
-    than comparing two independent intervals).
+    Images are matched by seed, ``(domain, sample_id)`` and every other setting column, so the
+    interval reflects only how the *difference* varies between images and seeds (a paired
+    comparison: much narrower than comparing two independent intervals). Each method is one
+    :func:`mfmda_lib.evaluation.stats.compare`.
 
     Returns:
-        Index ``by`` (every value but ``baseline``); columns ``n``, ``diff``, ``diff_lo``, ``diff_hi``.
+        Index ``by`` (every value but ``baseline``); columns ``n`` (images), ``n_seeds``, ``diff``,
+        ``diff_lo``, ``diff_hi`` and ``verdict`` (``better`` / ``worse`` only when the interval excludes 0).
     """
     rows = [r for r in rows if r.get("domain") in set(domains) and r.get(metric) is not None]
     if not any(r.get(by) == baseline for r in rows):
         raise ValueError(f"paired_difference: no rows with {by} == {baseline!r}; "
                          f"values: {sorted({str(r.get(by)) for r in rows})}")
-    context = [k for k in setting_columns(rows) if k != by]
-
-    def match_key(r: dict) -> tuple:
-        return (r["domain"], r["sample_id"], *(r.get(k) for k in context))
-
-    base = {match_key(r): r[metric] for r in rows if r.get(by) == baseline}
+    match = ("domain", "sample_id", *(k for k in setting_columns(rows) if k != by))
     out = []
     for method in dict.fromkeys(r[by] for r in rows if r.get(by) != baseline):
-        diffs = [r[metric] - base[match_key(r)] for r in rows if r.get(by) == method and match_key(r) in base]
-        est, lo, hi = bootstrap_ci(diffs, n_resamples=config.n_resamples, confidence=config.confidence,
-                                   seed=config.seed)
-        out.append({by: method, "n": len(diffs), "diff": est, "diff_lo": lo, "diff_hi": hi})
+        c = compare(rows, metric, method, baseline, by=by, match=match, higher_is_better=higher_is_better,
+                    n_resamples=config.n_resamples, confidence=config.confidence, seed=config.seed)
+        out.append({by: method, "n": c.n_images, "n_seeds": c.n_seeds, "diff": c.diff, "diff_lo": c.low,
+                    "diff_hi": c.high, "verdict": c.verdict})
     return pd.DataFrame(out).set_index(by)
 
 

@@ -11,7 +11,11 @@ verdict in the kit goes through this module:
 - :func:`compare` matches two methods' per-image rows by ``(seed, domain, sample_id)``, computes
   the difference ``A - B`` per seed and image, and says ``"better"`` or ``"worse"`` only when the
   95% interval of that difference excludes 0, else ``"no difference measured"``;
-- :func:`seed_table` gives each method's mean with its interval, for a table.
+- :func:`seed_table` gives each method's mean with its interval, for a table;
+- :func:`comparison_table` runs many :func:`compare` calls, each on a subset of the rows (one
+  setting, one domain, ...), and returns one line per comparison: what a notebook's verdict reads;
+- :func:`group_difference` compares two *different* sets of images (e.g. two hospitals, small vs
+  large discs), where nothing pairs: each group is resampled on its own.
 
 Rows are the flat dicts every notebook collects (one per image and seed): they need ``seed``,
 ``domain``, ``sample_id``, the method key and the metric.
@@ -25,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["NO_DIFFERENCE", "seed_image_bootstrap", "verdict_word", "Comparison", "compare", "seed_table",
-           "seed_matrix"]
+           "seed_matrix", "comparison_table", "group_difference"]
 
 #: What a verdict says when the interval of the paired difference contains 0.
 NO_DIFFERENCE = "no difference measured"
@@ -173,3 +177,59 @@ def seed_table(rows: Sequence[dict], metrics: Sequence[str], *, by: str = "metho
             entry.update({"n_seeds": len(seeds), "n_images": len(images), m: est, f"{m}_lo": lo, f"{m}_hi": hi})
         out.append(entry)
     return pd.DataFrame(out).set_index(by)
+
+
+#: Keys of a :func:`comparison_table` spec that go to :func:`compare` (the rest are labels).
+_COMPARE_KEYS = ("metric", "method", "baseline", "by", "match", "higher_is_better")
+
+
+def comparison_table(rows: Sequence[dict], specs: Sequence[dict], *, seed_key: str = "seed",
+                     n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """One :func:`compare` per spec, on the rows that match the spec's ``where``.
+
+    Args:
+        rows: per-image dicts (every seed, setting and method).
+        specs: dicts with ``metric``, ``method``, ``baseline`` and optionally ``by`` (default
+            ``"method"``), ``match``, ``higher_is_better``, and ``where`` (``{key: value}``: only
+            rows with these values enter, e.g. ``{"setting": "online"}``). Every other key (e.g. a
+            ``question`` label) is copied into the spec's line.
+
+    Returns:
+        One line per spec: its label keys, ``where``'s keys and values (``where_<key>`` for a key
+        that is also a :class:`Comparison` field, e.g. ``where_method``), then the
+        :class:`Comparison` fields (``method``, ``baseline``, ``metric``, ``n_seeds``, ``n_images``,
+        ``diff``, ``low``, ``high``, ``verdict``).
+    """
+    out = []
+    for spec in specs:
+        where = spec.get("where", {})
+        subset = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+        args = {k: spec[k] for k in _COMPARE_KEYS if k in spec}
+        c = compare(subset, seed_key=seed_key, n_resamples=n_resamples, confidence=confidence, seed=seed, **args)
+        labels = {k: v for k, v in spec.items() if k not in _COMPARE_KEYS and k != "where"}
+        fields = c.as_dict()
+        out.append({**labels, **{(f"where_{k}" if k in fields else k): v for k, v in where.items()}, **fields})
+    return pd.DataFrame(out)
+
+
+def group_difference(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` for two independent groups of images, with a percentile bootstrap interval.
+
+    Each resample draws ``len(a)`` images of ``a`` and ``len(b)`` of ``b`` with replacement, on
+    their own (nothing pairs an image of one group with one of the other). Non-finite values are
+    dropped first. Read the interval with :func:`verdict_word`.
+
+    Returns:
+        ``(diff, low, high)``; all ``nan`` when a group has no finite value.
+    """
+    x, y = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not x.size or not y.size:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = (x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+             - y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(axis=1))  # (B,)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(x.mean() - y.mean()), float(lo), float(hi)
