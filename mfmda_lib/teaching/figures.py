@@ -25,7 +25,7 @@ __all__ = ["PROFILE_PREFERENCE", "GENERATORS", "FigureSource", "find_result_file
            "placeholder_png"]
 
 #: Which profile's results a deck prefers when several exist (largest, most meaningful first).
-PROFILE_PREFERENCE = ("gpu", "cpu", "ci")
+PROFILE_PREFERENCE = ("gpu", "colab", "cpu", "ci")
 
 _NOTEBOOK_HINTS = {  # result-name prefix -> the notebook that produces it (for placeholder text)
     "domain": "00", "benchmark": "00", "zero_shot": "01", "self_supervised": "02", "ssl": "02", "fine": "03",
