@@ -37,7 +37,7 @@ from ..train import FitConfig, fit
 from .tta import TTAMethod
 
 __all__ = ["SourceTrainConfig", "to_tensor", "masks_from_logits", "score_logits", "train_source_model",
-           "source_model", "REGIMES", "run_regime", "forgetting", "TTAResult", "run_tta_benchmark"]
+           "source_model", "REGIMES", "run_regime", "forgetting", "TTAResult", "run_tta_benchmark", "settings_table"]
 
 #: Fixed input normalisation (the same for every domain: no per-image standardisation, which would
 #: hide the colour shift that test-time methods are meant to handle).
@@ -329,6 +329,10 @@ def _settings_table(rows: list[dict]) -> pd.DataFrame:
         base = table[m].xs("source_only", level="method")
         table[f"delta_{m}"] = table[m] - base.reindex(table.index.get_level_values("setting")).to_numpy()
     return table
+
+
+#: :attr:`TTAResult.settings` from saved per-image rows (``make figures`` redraws the settings figure with it).
+settings_table = _settings_table
 
 
 def _forgetting_table(source_rows: list[dict]) -> pd.DataFrame:
