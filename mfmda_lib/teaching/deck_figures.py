@@ -31,7 +31,7 @@ __all__ = ["DeckFigure", "FIGURES", "TTA_FAILURE_SETTINGS", "draw", "draw_all", 
            "MAX_WIDTH", "MAX_HEIGHT"]
 
 #: Largest figure kept (pixels): a slide is about 1000 x 560 px, so larger figures are scaled down.
-MAX_WIDTH, MAX_HEIGHT = 1400, 900
+MAX_WIDTH, MAX_HEIGHT = 1400, 760
 
 #: Notebook 06's settings shown on the "where TTA fails" slide: the headline regime, then the failures.
 TTA_FAILURE_SETTINGS = ("online", "batch size 1", "severity 2", "continual")
@@ -135,7 +135,7 @@ FIGURES: tuple[DeckFigure, ...] = (
 )
 
 
-def _palette_png(data: bytes) -> bytes:
+def _palette_png(data: bytes, colors: int = 256) -> bytes:
     from PIL import Image
 
     image = Image.open(io.BytesIO(data)).convert("RGB")
@@ -143,7 +143,7 @@ def _palette_png(data: bytes) -> bytes:
     if scale < 1:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
     return out.getvalue()
 
 
@@ -156,10 +156,11 @@ def compact_png(fig: Figure, dpi: int = 100) -> bytes:
     return _palette_png(buf.getvalue())
 
 
-def compact_file(path: str | Path) -> Path:
-    """Re-encode a PNG a notebook saved (a gallery, an embedding plot) the same way, in place, atomically."""
+def compact_file(path: str | Path, colors: int = 128) -> Path:
+    """Re-encode a PNG a notebook saved (a gallery of photographs, an embedding plot) the same way, in place and
+    atomically; 128 colours keep a gallery of fundus images under about 200 kB."""
     path = Path(path)
-    atomic_write_bytes(path, _palette_png(path.read_bytes()))
+    atomic_write_bytes(path, _palette_png(path.read_bytes(), colors))
     return path
 
 
