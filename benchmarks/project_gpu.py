@@ -284,7 +284,8 @@ def stage1_step(profile: Profile, batch: int):
 
 
 def _pyramid_levels(batch: int) -> list[torch.Tensor]:
-    """Stage 2's four LiteMedSAM pyramid levels (``TINYVIT_TAPS``) for a batch, as cached in the ``levels`` placement."""
+    """Stage 2's four LiteMedSAM pyramid levels (``TINYVIT_TAPS``) for a batch, as the ``levels`` placement caches
+    them."""
     from mfmda_lib.align.pyramid import PyramidEncoder
     from mfmda_lib.align.stage2 import TINYVIT_TAPS
 
@@ -383,7 +384,8 @@ def inventory(p: Profile) -> list[Step]:
         Step("03", f"encoder suffix from {p.ft_first_unit}: train step", 4 * p.ft_epochs * ft_steps,
              "4 strategies*ft_epochs*ft_train/ft_b", lambda b: encoder_suffix_train(p.ft_first_unit, b),
              batch=p.ft_batch_size),
-        Step("03", "encoder suffix: evaluation (as a train step: an upper bound)", 4 * p.ft_epochs * ceil(ft_eval / enc_b),
+        Step("03", "encoder suffix: evaluation (as a train step: an upper bound)",
+             4 * p.ft_epochs * ceil(ft_eval / enc_b),
              "4*ft_epochs*(4*ft_eval + ft_val)/enc_b", lambda b: encoder_suffix_train(p.ft_first_unit, b), batch=enc_b),
         # 04: PEFT on the encoder suffix (two tasks), then LoRA on notebook 02's ViT (MAE retrained on a fresh VM)
         Step("04", f"encoder suffix from {p.peft_first_unit}: PEFT step", 2 * peft_methods * p.peft_epochs * ft_steps,
@@ -508,12 +510,14 @@ def markdown(profile: Profile, table: list[dict], rows: list[dict], repeats: int
                      + " | ".join(_minutes(t[f'{d.name}_s']) for d in DEVICES) + " |" for t in table)
     steps = "\n".join(f"| {r['notebook']} | {r['step']} | {r['kind']} | {r['batch']}"
                       + (f" ({r['measured_batch']} timed)" if r["measured_batch"] != r["batch"] else "")
-                      + f" | {r['count']:.0f} = {r['formula']} | {r['cpu_s_per_step']:.3f} | {r['gflops_per_step']:.2f} | "
-                      f"{r['ops_per_step']:.0f} |" for r in rows)
+                      + f" | {r['count']:.0f} = {r['formula']} | {r['cpu_s_per_step']:.3f} | "
+                      f"{r['gflops_per_step']:.2f} | {r['ops_per_step']:.0f} |" for r in rows)
     return (f"# GPU projection ({profile.name} profile)\n\n_assumed devices: {devices}; CPU time per step: "
             + (f"mean of {repeats} run(s) after a warm-up" if repeats else "its first run")
-            + f", at batch <= {max_batch} (larger batches scaled linearly); torch threads {torch.get_num_threads()}_\n\n{head}\n{body}\n\n"
-            "| nb | step | kind | batch | count | CPU s/step | GFLOP/step | ops/step |\n|---|---|---|---|---|---:|---:|---:|\n"
+            + f", at batch <= {max_batch} (larger batches scaled linearly); "
+            f"torch threads {torch.get_num_threads()}_\n\n{head}\n{body}\n\n"
+            "| nb | step | kind | batch | count | CPU s/step | GFLOP/step | ops/step |\n"
+            "|---|---|---|---|---|---:|---:|---:|\n"
             f"{steps}\n")
 
 

@@ -51,7 +51,8 @@ def run_notebook(path: Path, profile: str, *, env: dict[str, str], timeout: int,
     error = None
     start = time.perf_counter()
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(workdir)}}).execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
         error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
     finally:

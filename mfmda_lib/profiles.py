@@ -35,8 +35,8 @@ PROFILE_NAMES: tuple[str, ...] = ("ci", "cpu", "gpu", "colab")
 #: A CUDA device with less total memory than this (GiB) gets the ``colab`` profile, a larger one ``gpu``.
 SMALL_GPU_GIB = 20.0
 
-__all__ = ["Profile", "PROFILES", "PROFILE_NAMES", "SIZES", "SMALL_GPU_GIB", "get_profile", "auto_profile_name", "get_device", "paths", "Paths", "seed_everything",
-           "describe_environment"]
+__all__ = ["Profile", "PROFILES", "PROFILE_NAMES", "SIZES", "SMALL_GPU_GIB", "get_profile", "auto_profile_name",
+           "get_device", "paths", "Paths", "seed_everything", "describe_environment"]
 
 
 @dataclass(frozen=True)

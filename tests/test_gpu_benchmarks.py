@@ -48,11 +48,12 @@ def test_every_notebook_has_steps_and_counts_follow_the_profile():
 
 
 def test_the_projection_runs_a_notebook_end_to_end(capsys):
-    rows = project_gpu.project([s for s in project_gpu.inventory(PROFILES["ci"]) if s.notebook == "06"], repeats=0, max_batch=2,
-                               progress=False)
+    steps = [s for s in project_gpu.inventory(PROFILES["ci"]) if s.notebook == "06"]
+    rows = project_gpu.project(steps, repeats=0, max_batch=2, progress=False)
     table = project_gpu.notebook_table(rows)
     assert [t["notebook"] for t in table] == ["06_test_time_adaptation"]
-    train, adapt = (next(r for r in rows if r["step"] == name) for name in ("U-Net train step", "U-Net adaptation step"))
+    train, adapt = (next(r for r in rows if r["step"] == name)
+                    for name in ("U-Net train step", "U-Net adaptation step"))
     assert (train["batch"], adapt["batch"]) == (8, PROFILES["ci"].tta_batch_size) == (8, 4)
     assert train["measured_batch"] == adapt["measured_batch"] == 2  # the same model and input, timed at batch 2
     assert train["gflops_per_step"] == pytest.approx(2 * adapt["gflops_per_step"])  # scaled by 8/2 and 4/2
@@ -76,7 +77,8 @@ def test_the_notebook_runner_dry_run_times_each_notebook(tmp_path):
     saved = json.loads((tmp_path / "res" / "gpu_runtime_ci.json").read_text())
     rows = {r["notebook"]: r for r in saved["rows"]}
     assert code == 1 and rows["00_tiny"]["ok"] and not rows["01_broken"]["ok"] and "boom" in rows["01_broken"]["error"]
-    assert rows["00_tiny"]["seconds"] > 0 and rows["00_tiny"]["peak_gpu_gib"] is None and rows["00_tiny"]["device"] == "cpu"
+    tiny = rows["00_tiny"]
+    assert tiny["seconds"] > 0 and tiny["peak_gpu_gib"] is None and tiny["device"] == "cpu"
     text = (tmp_path / "res" / "gpu_runtime_ci.md").read_text()
     assert "| 00_tiny |" in text and "n/a" in text and "FAILED" in text and saved["meta"]["dry_run"] is True
 

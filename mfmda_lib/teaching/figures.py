@@ -222,7 +222,8 @@ def parse_means(spec: str) -> dict:
     for option in options:
         field, sep, value = option.partition("=")
         if not sep or field not in _MEANS_OPTIONS or not value:
-            raise ValueError(f"means table {name!r}: bad option {option!r} (use {', '.join(o + '=...' for o in _MEANS_OPTIONS)})")
+            allowed = ", ".join(o + "=..." for o in _MEANS_OPTIONS)
+            raise ValueError(f"means table {name!r}: bad option {option!r} (use {allowed})")
         items = [v for v in value.split(",") if v]
         if field == "where":
             pairs = [item.partition(":") for item in items]

@@ -103,7 +103,8 @@ def badge_line(url: str, notebook: str, branch: str = "main") -> str:
     badge = f"[![Open In Colab]({BADGE_SVG})]"
     github = _GITHUB.match(url)
     if github:
-        return f"{badge}(https://colab.research.google.com/github/{github[1]}/{github[2]}/blob/{branch}/notebooks/{notebook})"
+        owner, repo = github[1], github[2]
+        return f"{badge}(https://colab.research.google.com/github/{owner}/{repo}/blob/{branch}/notebooks/{notebook})"
     if not is_published(url):
         return (f"{badge}(https://colab.research.google.com/) (the kit is not published yet: upload this notebook "
                 "to Colab; its first cell says how to bring the kit, see the README)")

@@ -118,8 +118,8 @@ def render_markdown(text: str) -> str:
     return mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])(text)
 
 
-def _render_slide(text: str, folders: Sequence[Path], images: dict[str, str], sources: list[FigureSource],
-                  tables: list[tuple[str, list[str]]]) -> str:
+def _render_slide(text: str, folders: Sequence[Path], images: dict[str, tuple[str, str]],
+                  sources: list[FigureSource], tables: list[tuple[str, list[str]]]) -> str:
     """One slide's HTML: tables inlined, image references replaced by tokens, then by data URIs."""
     def table(match: re.Match) -> str:
         if match.group(2):
