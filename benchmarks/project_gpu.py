@@ -85,6 +85,7 @@ class Step:
     build: Callable[[int], Callable[[], None]]
     kind: str = "gpu"  # "gpu": projected from FLOPs and ops; "cpu": keeps its CPU time
     batch: int = 1
+    same_as: str = ""  # steps with the same non-empty ``same_as`` run the same computation: measured once
 
 
 @dataclass
@@ -358,18 +359,20 @@ def inventory(p: Profile) -> list[Step]:
     steps = [
         # 00: the benchmark, and the domain probe (two severities)
         Step("00", "render a synthetic image", images + domains * p.probe_per_domain, "4*(train+test) + 4*probe",
-             render_image, "cpu"),
+             render_image, "cpu", same_as="render"),
         Step("00", "LiteMedSAM encoder", ceil(2 * domains * p.probe_per_domain / enc_b), "2*4*probe/enc_b",
-             encoder_forward, batch=enc_b),
+             encoder_forward, batch=enc_b, same_as="encoder"),
         # 01: zero-shot, the box-margin sweep
         Step("01", "LiteMedSAM encoder", ceil(domains * p.eval_per_domain / enc_b), "4*eval/enc_b",
-             encoder_forward, batch=enc_b),
+             encoder_forward, batch=enc_b, same_as="encoder"),
         Step("01", "mask decoder", ceil(domains * p.eval_per_domain * 2 * 6 / 8), "4*eval*2*(1+5 margins)/8",
              decoder_forward, batch=8),
-        Step("01", "score an image (Dice, IoU, HD95)", domains * p.eval_per_domain * 6, "4*eval*6", score_image, "cpu"),
+        Step("01", "score an image (Dice, IoU, HD95)", domains * p.eval_per_domain * 6, "4*eval*6", score_image, "cpu",
+             same_as="score"),
         # 02: MAE and DINO pretraining, learning-rate selection, the label budgets
-        Step("02", "render a pool image", domains * p.ssl_pool_per_domain, "4*pool", render_image, "cpu"),
-        Step("02", "MAE step", p.ssl_mae_steps, "ssl_mae_steps", lambda b: mae_step(p, b), batch=ds),
+        Step("02", "render a pool image", domains * p.ssl_pool_per_domain, "4*pool", render_image, "cpu",
+             same_as="render"),
+        Step("02", "MAE step", p.ssl_mae_steps, "ssl_mae_steps", lambda b: mae_step(p, b), batch=ds, same_as="mae"),
         Step("02", "DINO step", p.ssl_dino_steps, "ssl_dino_steps", lambda b: dino_step(p, b), batch=ds),
         Step("02", "ViT fine-tuning step", (ds_runs / 2 + select_runs) * p.ssl_downstream_steps,
              "(runs/2 + 3*2*select_draws)*ssl_downstream_steps",
@@ -380,53 +383,59 @@ def inventory(p: Profile) -> list[Step]:
              "(runs + selection)*4*eval/32", lambda b: downstream_eval(p, b), batch=32),
         # 03: four strategies on the encoder suffix from ft_first_unit
         Step("03", "LiteMedSAM encoder (frozen prefix)", ceil((p.ft_train_images + ft_eval) / enc_b),
-             "(ft_train + 4*ft_eval + ft_val)/enc_b", encoder_forward, batch=enc_b),
+             "(ft_train + 4*ft_eval + ft_val)/enc_b", encoder_forward, batch=enc_b, same_as="encoder"),
         Step("03", f"encoder suffix from {p.ft_first_unit}: train step", 4 * p.ft_epochs * ft_steps,
              "4 strategies*ft_epochs*ft_train/ft_b", lambda b: encoder_suffix_train(p.ft_first_unit, b),
-             batch=p.ft_batch_size),
+             batch=p.ft_batch_size, same_as=f"suffix {p.ft_first_unit}"),
         Step("03", "encoder suffix: evaluation (as a train step: an upper bound)",
              4 * p.ft_epochs * ceil(ft_eval / enc_b),
-             "4*ft_epochs*(4*ft_eval + ft_val)/enc_b", lambda b: encoder_suffix_train(p.ft_first_unit, b), batch=enc_b),
+             "4*ft_epochs*(4*ft_eval + ft_val)/enc_b", lambda b: encoder_suffix_train(p.ft_first_unit, b), batch=enc_b,
+             same_as=f"suffix {p.ft_first_unit}"),
         # 04: PEFT on the encoder suffix (two tasks), then LoRA on notebook 02's ViT (MAE retrained on a fresh VM)
         Step("04", f"encoder suffix from {p.peft_first_unit}: PEFT step", 2 * peft_methods * p.peft_epochs * ft_steps,
              "2 tasks*(ranks+5)*peft_epochs*ft_train/ft_b", lambda b: encoder_suffix_train(p.peft_first_unit, b),
-             batch=p.ft_batch_size),
+             batch=p.ft_batch_size, same_as=f"suffix {p.peft_first_unit}"),
         Step("04", "MAE step (section 5, without notebook 02's weights)", p.ssl_mae_steps, "ssl_mae_steps",
-             lambda b: mae_step(p, b), batch=ds),
+             lambda b: mae_step(p, b), batch=ds, same_as="mae"),
         Step("04", "ViT fine-tuning / LoRA step", vit_runs * p.ssl_downstream_steps, "3*2*draws*ssl_downstream_steps",
              lambda b: downstream_step(p, "segmentation", "lora", b), batch=sb),
         # 05: decoder adapter and full decoder, encoder LoRA, single-image TTA
         Step("05", "LiteMedSAM encoder", ceil((p.train_per_domain + 3 * p.eval_per_domain) / enc_b),
-             "(train + 3*eval)/enc_b", encoder_forward, batch=enc_b),
+             "(train + 3*eval)/enc_b", encoder_forward, batch=enc_b, same_as="encoder"),
         Step("05", "mask decoder train step", 2 * p.adapter_epochs * adapter_steps,
-             "2 methods*adapter_epochs*2*train/adapter_b", decoder_train, batch=p.adapter_batch_size),
+             "2 methods*adapter_epochs*2*train/adapter_b", decoder_train, batch=p.adapter_batch_size,
+             same_as="decoder train"),
         Step("05", "encoder LoRA step (whole encoder)", p.lora_epochs * p.lora_train_images * 2,
-             "lora_epochs*lora_train*2", lambda b: encoder_suffix_train("patch_embed", b)),
-        Step("05", "single-image TTA step", tta_images * 2 * p.tta_steps, "3*eval*2*tta_steps", decoder_train),
-        Step("05", "score an image (Dice, IoU, HD95)", 5 * tta_images, "5 methods*3*eval", score_image, "cpu"),
+             "lora_epochs*lora_train*2", lambda b: encoder_suffix_train("patch_embed", b),
+             same_as="suffix patch_embed"),
+        Step("05", "single-image TTA step", tta_images * 2 * p.tta_steps, "3*eval*2*tta_steps", decoder_train,
+             same_as="decoder train"),
+        Step("05", "score an image (Dice, IoU, HD95)", 5 * tta_images, "5 methods*3*eval", score_image, "cpu",
+             same_as="score"),
         # 06: the source U-Net, then five settings x six methods of test-time adaptation
         Step("06", "U-Net train step", p.small_model_epochs * ceil(0.8 * p.train_per_domain / 8),
-             "small_model_epochs*0.8*train/8", lambda b: tta_unet_train(p.small_model_size, b), batch=8),
+             "small_model_epochs*0.8*train/8", lambda b: tta_unet_train(p.small_model_size, b), batch=8,
+             same_as="unet train"),
         Step("06", "U-Net adaptation step", 5 * 4 * ceil(tta_images / p.tta_batch_size) * p.tta_steps,
              "5 settings*4 gradient methods*3*eval/tta_b*tta_steps",
-             lambda b: tta_unet_train(p.small_model_size, b), batch=p.tta_batch_size),
+             lambda b: tta_unet_train(p.small_model_size, b), batch=p.tta_batch_size, same_as="unet train"),
         Step("06", "U-Net forward", 5 * 6 * ceil(tta_images / p.tta_batch_size), "5*6*3*eval/tta_b",
              lambda b: tta_unet_forward(p.small_model_size, b), batch=p.tta_batch_size),
         # 07: the DDPM training demo, sampling, the SDEdit sweep
         Step("07", "DDPM train step", p.ddpm_demo_steps, "ddpm_demo_steps", lambda b: ddpm_train(p, b),
-             batch=p.ddpm_batch_size),
+             batch=p.ddpm_batch_size, same_as="ddpm train"),
         Step("07", "DDPM U-Net forward", 2 * p.ddpm_ancestral_steps + 2 * p.ddpm_ddim_steps + 6 * p.ddpm_ddim_steps,
              "2*ancestral + 2*ddim + 6 t0*ddim", lambda b: ddpm_forward(p, b), batch=p.ddpm_samples),
         # 08: source DDPM (when no shipped checkpoint matches), stage 1: three adapted variants, four translations
         Step("08", "source DDPM train step (no shipped checkpoint)",
              0 if shipped else p.ddpm_train_steps + p.ddpm_fusion_steps, "0 if shipped else ddpm_train_steps+fusion",
-             lambda b: ddpm_train(p, b), batch=p.ddpm_batch_size),
+             lambda b: ddpm_train(p, b), batch=p.ddpm_batch_size, same_as="ddpm train"),
         Step("08", "stage-1 iteration", 3 * p.stage1_steps, "3 variants*stage1_steps", lambda b: stage1_step(p, b),
              batch=p.stage1_batch_size),
         Step("08", "translation", 4 * ceil(p.train_per_domain / 16) * p.stage1_translate_steps,
              "4*train/16*translate_steps", lambda b: ddpm_forward(p, b, conditioned=True), batch=16),
         Step("08", "LiteMedSAM encoder", 5 * ceil((p.stage1_eval_images + p.train_per_domain) / enc_b),
-             "5*(stage1_eval + train)/enc_b", encoder_forward, batch=enc_b),
+             "5*(stage1_eval + train)/enc_b", encoder_forward, batch=enc_b, same_as="encoder"),
         # 09: stage 1 for each target, the frozen features, warm-up, the methods
         Step("09", "stage-1 iteration", n_targets * p.stage1_steps, "targets*stage1_steps", lambda b: stage1_step(p, b),
              batch=p.stage1_batch_size),
@@ -434,16 +443,17 @@ def inventory(p: Profile) -> list[Step]:
              "targets*train/16*translate_steps", lambda b: ddpm_forward(p, b, conditioned=True), batch=16),
         Step("09", "LiteMedSAM encoder (pyramid features)",
              ceil((p.stage2_pairs * (2 + 3 * n_targets) + domains * p.stage2_test_per_domain) / enc_b),
-             "(pairs*(2+3*targets) + 4*test)/enc_b", encoder_forward, batch=enc_b),
+             "(pairs*(2+3*targets) + 4*test)/enc_b", encoder_forward, batch=enc_b, same_as="encoder"),
         Step("09", f"stage-2 pass ({p.stage2_rein_placement})",
              (p.stage2_warmup_epochs + (5 + 20 * n_targets) * p.stage2_epochs) * pairs_steps,
              "(warmup + (5 + 20*targets)*epochs)*pairs/b", lambda b: stage2_step(p, b), batch=p.stage2_batch_size),
         Step("09", "score an image (Dice, IoU, HD95)", 11 * domains * p.stage2_test_per_domain, "11 methods*4*test",
-             score_image, "cpu"),
+             score_image, "cpu", same_as="score"),
         # 10: zero-shot with probabilities, bootstrap
         Step("10", "LiteMedSAM encoder", ceil(domains * p.eval_per_domain / enc_b), "4*eval/enc_b",
-             encoder_forward, batch=enc_b),
-        Step("10", "score an image (Dice, IoU, HD95)", domains * p.eval_per_domain * 2, "4*eval*2", score_image, "cpu"),
+             encoder_forward, batch=enc_b, same_as="encoder"),
+        Step("10", "score an image (Dice, IoU, HD95)", domains * p.eval_per_domain * 2, "4*eval*2", score_image, "cpu",
+             same_as="score"),
     ]
     return steps
 
@@ -469,7 +479,7 @@ def project(steps: list[Step], repeats: int, max_batch: int = 4, progress: bool 
         if step.count == 0:
             m = Measured(0.0, 0.0, 0.0)
         else:
-            key = (step.name, b)
+            key = (step.same_as or step.name, b)
             if key not in cache:
                 if progress:
                     print(f"  timing {step.notebook} {step.name} (batch {b}) ...", file=sys.stderr, flush=True)
