@@ -511,21 +511,23 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def markdown(profile: Profile, table: list[dict], rows: list[dict], repeats: int, max_batch: int = 4) -> str:
-    devices = " | ".join(f"{d.name}: {d.sustained_tflops:g} TFLOP/s sustained (peak {d.peak_tflops:g}), "
-                         f"{d.launch_us:g} us/op" for d in DEVICES)
-    head = ("| notebook | CPU (this machine, sum of steps) | " + " | ".join(f"{d.name} (projected)" for d in DEVICES)
-            + " |\n|---|---:|" + "---:|" * len(DEVICES))
+def markdown(profile: str, table: list[dict], rows: list[dict], stamp: dict) -> str:
+    """The projection as Markdown: the notebook table, then every step with its count, FLOPs and operators."""
+    devices = " | ".join(f"{d['name']}: {d['sustained_tflops']:g} TFLOP/s sustained (peak {d['peak_tflops']:g}), "
+                         f"{d['launch_us']:g} us/op" for d in stamp["devices"])
+    names = [d["name"] for d in stamp["devices"]]
+    head = ("| notebook | CPU (this machine, sum of steps) | " + " | ".join(f"{n} (projected)" for n in names)
+            + " |\n|---|---:|" + "---:|" * len(names))
     body = "\n".join(f"| {t['notebook']} | {_minutes(t['cpu_s'])} | "
-                     + " | ".join(_minutes(t[f'{d.name}_s']) for d in DEVICES) + " |" for t in table)
+                     + " | ".join(_minutes(t[f'{n}_s']) for n in names) + " |" for t in table)
     steps = "\n".join(f"| {r['notebook']} | {r['step']} | {r['kind']} | {r['batch']}"
                       + (f" ({r['measured_batch']} timed)" if r["measured_batch"] != r["batch"] else "")
                       + f" | {r['count']:.0f} = {r['formula']} | {r['cpu_s_per_step']:.3f} | "
                       f"{r['gflops_per_step']:.2f} | {r['ops_per_step']:.0f} |" for r in rows)
-    return (f"# GPU projection ({profile.name} profile)\n\n_assumed devices: {devices}; CPU time per step: "
-            + (f"mean of {repeats} run(s) after a warm-up" if repeats else "its first run")
-            + f", at batch <= {max_batch} (larger batches scaled linearly); "
-            f"torch threads {torch.get_num_threads()}_\n\n{head}\n{body}\n\n"
+    timing = (f"mean of {stamp['repeats']} run(s) after a warm-up" if stamp["repeats"] else "its first run")
+    return (f"# GPU projection ({profile} profile)\n\n_{stamp['date']}, torch {stamp['torch']}; assumed devices: "
+            f"{devices}; CPU time per step: {timing}, at batch <= {stamp['max_batch']} (larger batches scaled "
+            f"linearly), {stamp['torch_threads']} torch thread(s)_\n\n{head}\n{body}\n\n"
             "| nb | step | kind | batch | count | CPU s/step | GFLOP/step | ops/step |\n"
             "|---|---|---|---|---|---:|---:|---:|\n"
             f"{steps}\n")
@@ -541,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time steps at most at this batch and scale larger ones linearly (default 4)")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write results/")
     args = parser.parse_args(argv)
-    from mfmda_lib.profiles import get_profile
+    import datetime as dt
+
+    from mfmda_lib.profiles import get_profile, paths
 
     profile = get_profile(args.profile)
     steps = [s for s in inventory(profile) if args.notebooks is None or s.notebook in args.notebooks]
@@ -549,18 +553,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no steps for notebooks {args.notebooks}: choose from {sorted(NOTEBOOKS)}")
     rows = project(steps, args.repeats, args.max_batch)
     table = notebook_table(rows)
-    text = markdown(profile, table, rows, args.repeats, args.max_batch)
+    stamp = {"profile": profile.name, "date": dt.date.today().isoformat(), "torch": torch.__version__,
+             "devices": [d.__dict__ for d in DEVICES], "repeats": args.repeats, "max_batch": args.max_batch,
+             "torch_threads": torch.get_num_threads()}
+    text = markdown(profile.name, table, rows, stamp)
     print(text)
     if not args.no_save:
-        import pandas as pd
+        from mfmda_lib.io import atomic_write, atomic_write_json
 
-        from mfmda_lib.experiments import save_result
-
-        meta = {"devices": [d.__dict__ for d in DEVICES], "repeats": args.repeats, "max_batch": args.max_batch,
-                "steps": rows,
-                "torch_threads": torch.get_num_threads()}
-        written = save_result("gpu_projection", profile, pd.DataFrame(table).set_index("notebook").round(1), meta=meta)
-        print(f"wrote {written['md']}")
+        out = paths().results / f"gpu_projection_{profile.name}"
+        # "steps", not "rows": notebook 10 re-summarises the per-image "rows" of every result it finds
+        atomic_write_json(out.with_suffix(".json"), {"meta": stamp, "table": table, "steps": rows})
+        with atomic_write(out.with_suffix(".md"), "w") as handle:
+            handle.write(text)
+        print(f"wrote {out}.md and .json")
     return 0
 
 

@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__, "python": platform.python_version(),
                 "folders": "the kit's (shared)" if args.warm else "fresh per notebook (like a new Colab VM)",
                 "dry_run": args.dry_run}
-        atomic_write_json(results / f"gpu_runtime_{profile}.json", {"meta": meta, "rows": rows})
+        # "notebooks", not "rows": notebook 10 re-summarises the per-image "rows" of every result it finds
+        atomic_write_json(results / f"gpu_runtime_{profile}.json", {"meta": meta, "notebooks": rows})
         text = markdown(profile, rows, meta)
         with atomic_write(results / f"gpu_runtime_{profile}.md", "w") as handle:
             handle.write(text)

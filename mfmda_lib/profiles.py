@@ -247,7 +247,7 @@ SIZES: dict[str, tuple] = {
     "tta_batch_size":     (4, 8, 16, 16),
     # notebook 02
     "ssl_image_size":     (64, 64, 128, 64),
-    "ssl_pool_per_domain": (8, 256, 1000, 256),
+    "ssl_pool_per_domain": (8, 256, 1000, 160),
     "ssl_mae_steps":      (8, 4000, 8000, 4000),
     "ssl_dino_steps":     (4, 300, 4000, 600),
     "ssl_batch_size":     (8, 32, 128, 32),

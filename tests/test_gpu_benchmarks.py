@@ -59,7 +59,9 @@ def test_the_projection_runs_a_notebook_end_to_end(capsys):
     assert train["gflops_per_step"] == pytest.approx(2 * adapt["gflops_per_step"])  # scaled by 8/2 and 4/2
     assert train["ops_per_step"] == adapt["ops_per_step"]  # the same kernels whatever the batch
     assert table[0]["T4_s"] > table[0]["A100_s"] > table[0]["H200_s"] > 0
-    text = project_gpu.markdown(PROFILES["ci"], table, rows, 0)
+    stamp = {"date": "today", "torch": "x", "devices": [d.__dict__ for d in project_gpu.DEVICES], "repeats": 0,
+             "max_batch": 2, "torch_threads": 1}
+    text = project_gpu.markdown("ci", table, rows, stamp)
     assert "T4 (projected)" in text and "TFLOP/s sustained" in text and "U-Net train step" in text
 
 
@@ -75,7 +77,7 @@ def test_the_notebook_runner_dry_run_times_each_notebook(tmp_path):
     code = run_notebooks_gpu.main(["--dry-run", "--notebook-dir", str(folder), "--results", str(tmp_path / "res"),
                                    "--timeout", "120"])
     saved = json.loads((tmp_path / "res" / "gpu_runtime_ci.json").read_text())
-    rows = {r["notebook"]: r for r in saved["rows"]}
+    rows = {r["notebook"]: r for r in saved["notebooks"]}
     assert code == 1 and rows["00_tiny"]["ok"] and not rows["01_broken"]["ok"] and "boom" in rows["01_broken"]["error"]
     tiny = rows["00_tiny"]
     assert tiny["seconds"] > 0 and tiny["peak_gpu_gib"] is None and tiny["device"] == "cpu"
