@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 
+from ..precision import autocast
 from .conditioned import ContentConditionedUNet
 from .diaa import DIAA
 from .ddpm import predict_x0, q_sample
@@ -149,7 +150,7 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         gate_noise = torch.randn(plain.bottleneck_shape(len(t)), generator=g)
         x0, t, noise, content_noise, gate_noise, weight = (v.to(device) for v in (
             x_target[idx], t, noise, content_noise, gate_noise, weight))
-        with accelerator.autocast():
+        with autocast(accelerator.device):
             eps_hat = model(q_sample(x0, t, noise, alpha_bar), t, q_sample(x0, t, content_noise, alpha_bar), gate_noise)
         return (diffusion_loss(noise, eps_hat, config.diffusion_loss, weight),
                 diffusion_loss(noise, eps_hat.detach(), config.diffusion_loss))
@@ -171,7 +172,7 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         x_s, t, noise, content_noise, gate_noise, w_dir = (v.to(device) for v in (
             x_source[idx], t, noise, content_noise, gate_noise, w_dir))
         x_t = q_sample(x_s, t, noise, alpha_bar)  # (B, 3, S, S)
-        with accelerator.autocast():
+        with autocast(accelerator.device):
             eps_hat = model(x_t, t, q_sample(x_s, t, content_noise, alpha_bar), gate_noise)
         x0_hat = predict_x0(x_t, t, eps_hat.float(), alpha_bar)  # (B, 3, S, S) x0_hat^{S->T}
         maps = encoder.feature_maps(x0_hat)  # (B, C, N): gradients flow to x0_hat, f itself is frozen
