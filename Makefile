@@ -2,8 +2,12 @@
 #   make demo   set up, generate the default synthetic benchmark and run the kit's main job (mfmda run: the MFM-DA pipeline)
 #   make test   set up and run the unit tests + every notebook and its student version (nbval) in the `ci` profile
 # Teaching material:
-#   make student  write the student version of every notebook (solution cells removed) to build/student/
-#   make slides   build the seminar decks into self-contained HTML under slides/build/
+#   make student  write the student edition of every notebook (exercise stubs, no answer key) to build/student/
+#   make slides   build the seminar decks into self-contained HTML under slides/build/ (after make figures)
+#   make figures  redraw the decks' figures from the saved results (results/*.json -> results/figures/)
+# Colab and hubs:
+#   make publish URL=https://github.com/OWNER/REPO.git [BRANCH=main]   the kit's URL into every badge and install cell
+#   make wheel    build/wheel/mfmda_kit-<version>-py3-none-any.whl, for a machine that cannot fetch the kit
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +15,7 @@ STAMP  := $(VENV)/.installed
 CI_ENV := MFMDA_PROFILE=ci MFMDA_RESULTS=$(CURDIR)/build/ci-results MPLBACKEND=Agg
 NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=600
 
-.PHONY: setup demo test unit notebooks student slides chromium lab clean
+.PHONY: setup demo test unit notebooks student slides figures publish wheel chromium lab clean
 
 setup: $(STAMP)
 
@@ -45,8 +49,19 @@ notebooks: setup student
 student: setup
 	$(BIN)/python -m mfmda_lib.teaching.student notebooks build/student
 
-slides: setup
+slides: setup figures
 	$(BIN)/python -m mfmda_lib.teaching.slides --out slides/build
+
+figures: setup
+	MPLBACKEND=Agg $(BIN)/python -m mfmda_lib.teaching.deck_figures
+
+publish: setup
+	@test -n "$(URL)" || { echo "usage: make publish URL=https://github.com/OWNER/REPO.git [BRANCH=main]"; exit 2; }
+	$(BIN)/python -m mfmda_lib.teaching.publish "$(URL)" --branch "$(or $(BRANCH),main)"
+
+wheel: setup
+	$(BIN)/python -m pip wheel -q --no-deps -w build/wheel .
+	@ls -l build/wheel/*.whl
 
 # Headless Chromium for tests/test_slides.py: Debian's package, installed only if missing and only as root.
 chromium:

@@ -1,6 +1,6 @@
 """Speed-up of training on cached frozen parts vs recomputing them, measured in one run.
 
-    python benchmarks/frozen_cache.py --profile ci      # or cpu / gpu
+    python benchmarks/frozen_cache.py --profile ci      # or cpu / gpu / colab
 
 (a) a head on a frozen encoder: cached encoder outputs vs running the encoder at every step;
 (b) the encoder's last stage(s) fine-tuned (from the profile's ``peft_first_unit``): cached prefix
@@ -14,10 +14,12 @@ import sys
 
 import torch
 
+from mfmda_lib.profiles import PROFILE_NAMES
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=("ci", "cpu", "gpu"), default=None, help="sizes (default: MFMDA_PROFILE)")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="sizes (default: MFMDA_PROFILE)")
     parser.add_argument("--model", default="litemedsam", help="'litemedsam' or 'toy' (a tiny random model, for tests)")
     parser.add_argument("--images", type=int, default=None, help="training images (default: profile.ft_train_images)")
     parser.add_argument("--start", default=None, help="first fine-tuned unit of (b) (default: profile.peft_first_unit)")

@@ -12,12 +12,12 @@ import argparse
 import sys
 
 from mfmda_lib.data import DOMAINS, generate_benchmark
-from mfmda_lib.profiles import get_profile, paths
+from mfmda_lib.profiles import PROFILE_NAMES, get_profile, paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=["ci", "cpu", "gpu"], default=None, help="take sizes from a profile")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="take sizes from a profile")
     parser.add_argument("--out", default=None, help="root folder (default: the kit's data folder)")
     parser.add_argument("--domains", nargs="*", default=None, help=f"subset of {list(DOMAINS)}")
     parser.add_argument("--severity", type=float, default=None, help="domain-shift severity, 0 = no shift")

@@ -19,12 +19,12 @@ import torch
 
 from mfmda_lib.diffusion.source import source_ddpm_path, train_source_ddpm
 from mfmda_lib.diffusion.training import make_accelerator
-from mfmda_lib.profiles import get_device, get_profile
+from mfmda_lib.profiles import PROFILE_NAMES, get_device, get_profile
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=["ci", "cpu", "gpu"], default=None, help="take sizes from a profile")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="take sizes from a profile")
     parser.add_argument("--out", default=None, help="checkpoint file (.pt); default: where the kit looks for it")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@
     mfmda generate --profile cpu --severity 0.5
     mfmda models               # which foundation models are available here
 
-Sizes come from the profile (``--profile``, else ``$MFMDA_PROFILE``, else gpu/cpu by hardware).
+Sizes come from the profile (``--profile``, else ``$MFMDA_PROFILE``, else colab/gpu/cpu by hardware).
 """
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ def _cmd_run(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mfmda`` (exposed for tests and docs)."""
+    from .profiles import PROFILE_NAMES
+
     parser = argparse.ArgumentParser(prog="mfmda", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     zs = sub.add_parser("zero-shot", help="zero-shot box-prompted disc/cup segmentation on every domain")
@@ -94,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--severity", type=float, default=None, help="domain-shift severity (default: the profile's)")
     sub.add_parser("models", help="list foundation models and whether their weights are here")
     for p in (parser, zs, gen, run):
-        p.add_argument("--profile", choices=["ci", "cpu", "gpu"], default=None,
-                       help="size profile (default: $MFMDA_PROFILE, else gpu if CUDA is available, else cpu)")
+        p.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                       help="size profile (default: $MFMDA_PROFILE, else colab on a small GPU, gpu on a large "
+                            "one, else cpu)")
     return parser
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from .data.synthetic import DOMAINS
 from .io import DataError, atomic_write_json, read_image
+from .profiles import PROFILE_NAMES
 
 __all__ = ["PipelineConfig", "load_config", "read_target_folder", "RunState", "IMAGE_SUFFIXES"]
 
@@ -36,7 +37,8 @@ class PipelineConfig:
     """What one ``mfmda run`` does. Sizes (K, epochs, steps, resolution) come from the profile, not from here.
 
     Attributes:
-        profile: ``ci`` | ``cpu`` | ``gpu``; empty = ``$MFMDA_PROFILE``, else gpu/cpu by hardware.
+        profile: ``ci`` | ``cpu`` | ``gpu`` | ``colab``; empty = ``$MFMDA_PROFILE``, else colab/gpu/cpu by
+            hardware.
         targets: benchmark target domains to adapt to (each gets its own stage 1 and stage 2).
         target_folder: a folder of your own unlabeled target images; when set, it is the only target
             (named after the folder) and no Dice can be computed for it (no labels): the run writes
@@ -53,8 +55,8 @@ class PipelineConfig:
     run_dir: str = ""
 
     def __post_init__(self) -> None:
-        if self.profile not in ("", "ci", "cpu", "gpu"):
-            raise ValueError(f"profile must be ci, cpu or gpu (or empty), got {self.profile!r}")
+        if self.profile and self.profile not in PROFILE_NAMES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILE_NAMES)} (or empty), got {self.profile!r}")
         unknown = [t for t in self.targets if t not in TARGET_DOMAINS]
         if unknown:
             raise ValueError(f"unknown target domain(s) {unknown}: choose from {list(TARGET_DOMAINS)}")

@@ -1,14 +1,16 @@
 """The one place that sets every size in the kit: profiles, device, paths and seeding.
 
-Three profiles (``ci``, ``cpu``, ``gpu``) fix every image count, resolution, batch size,
-step count and sampling-step count used by any notebook or pipeline, so a notebook holds no
+Four profiles (``ci``, ``cpu``, ``gpu``, ``colab``) fix every image count, resolution, batch
+size, step count and sampling-step count used by any notebook or pipeline, so a notebook holds no
 magic numbers and CI cannot miss an inner loop.
 
-Chosen by the ``MFMDA_PROFILE`` environment variable, else ``gpu`` when CUDA is available,
-else ``cpu``. This is the only module of the library that reads environment variables:
+Chosen by the ``MFMDA_PROFILE`` environment variable, else by the hardware: on CUDA, ``colab`` when
+the GPU has less than :data:`SMALL_GPU_GIB` GiB of memory (a free Colab or Kaggle T4 has ~15 GB, a
+V100 16 GB) and ``gpu`` otherwise (an L4 or A10 with 24 GB, an A100, an H100/H200); ``cpu`` without
+CUDA. This is the only module of the library that reads environment variables:
 
 ==================  ===========================================================
-``MFMDA_PROFILE``   ``ci`` | ``cpu`` | ``gpu``
+``MFMDA_PROFILE``   ``ci`` | ``cpu`` | ``gpu`` | ``colab``
 ``MFMDA_DEVICE``    force a torch device (``cpu``, ``cuda:1``, ``mps``)
 ``MFMDA_HOME``      root for data, cache and results (default: the repository)
 ``MFMDA_DATA``      where datasets live (default ``$MFMDA_HOME/data``)
@@ -27,18 +29,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Profile", "PROFILES", "SIZES", "get_profile", "get_device", "paths", "Paths", "seed_everything",
-           "describe_environment"]
+#: The profiles, in the column order of :data:`SIZES`.
+PROFILE_NAMES: tuple[str, ...] = ("ci", "cpu", "gpu", "colab")
+
+#: A CUDA device with less total memory than this (GiB) gets the ``colab`` profile, a larger one ``gpu``.
+SMALL_GPU_GIB = 20.0
+
+__all__ = ["Profile", "PROFILES", "PROFILE_NAMES", "SIZES", "SMALL_GPU_GIB", "get_profile", "auto_profile_name",
+           "get_device", "paths", "Paths", "seed_everything", "describe_environment"]
 
 
 @dataclass(frozen=True)
 class Profile:
     """Every size the kit uses. Fields are grouped by the notebook or stage that reads them.
 
-    The values of the three profiles are in one table, ``SIZES`` below (one row per field).
+    The values of the four profiles are in one table, ``SIZES`` below (one row per field, one column per
+    profile in :data:`PROFILE_NAMES` order; the ``colab`` column starts as a copy of ``cpu`` until sized).
 
     Attributes:
-        name: ``ci``, ``cpu`` or ``gpu``.
+        name: ``ci``, ``cpu``, ``gpu`` or ``colab`` (:data:`PROFILE_NAMES`).
         image_size: side of generated images and of the foundation model's input (pixels).
         train_per_domain: synthetic training images per domain (split ``train``).
         test_per_domain: synthetic test images per domain (split ``test``).
@@ -84,10 +93,12 @@ class Profile:
         peft_first_unit: first encoder unit that notebook 04's methods adapt (the rest is a cached prefix).
         peft_lora_ranks: LoRA ranks of the rank sweep (notebook 04).
         # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
-        ddpm_image_size: side of the images the source DDPM models (notebooks 07-08; 64 on a CPU).
+        ddpm_image_size: side of the images the source DDPM models (notebooks 07-08): 64 in every profile, the
+            shipped checkpoint's (a 128 px model would have to be trained or shipped; see checkpoints/README.md).
         ddpm_base_channels: channels of the DDPM U-Net's first level (levels: x1, x2, x4, x4).
         ddpm_train_images: source-domain images the source DDPM trains on.
-        ddpm_train_steps: optimisation steps of the source DDPM (the shipped checkpoint: the cpu value).
+        ddpm_train_steps: optimisation steps of the source DDPM (the shipped checkpoint's: 900; used only when
+            no shipped checkpoint matches the profile's architecture).
         ddpm_fusion_steps: steps pretraining the content-fusion block on source reconstruction.
         ddpm_batch_size: images per DDPM training step.
         ddpm_demo_steps: steps of the from-scratch training demo in notebook 07.
@@ -199,8 +210,8 @@ class Profile:
     ZERO_ALLOWED = ("seed",)
 
     def __post_init__(self) -> None:
-        if self.name not in ("ci", "cpu", "gpu"):
-            raise ValueError(f"profile name must be ci, cpu or gpu, got {self.name!r}")
+        if self.name not in PROFILE_NAMES:
+            raise ValueError(f"profile name must be one of {', '.join(PROFILE_NAMES)}, got {self.name!r}")
         if self.image_size < 64 or self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
         for f in dataclasses.fields(self):
@@ -220,98 +231,116 @@ class Profile:
         return dataclasses.replace(self, **changes)
 
 
-#: Every size of every profile, one row per field: ``field: (ci, cpu, gpu)``.
+#: Every size of every profile, one row per field: ``field: (ci, cpu, gpu, colab)``.
 #: ``ci``: continuous integration on 2 CPU cores, every loop runs, each notebook in < 3 minutes.
 #: ``cpu``: a laptop or a 2-core VM, real numbers, each notebook in < 15 minutes.
-#: ``gpu``: one GPU (Colab T4 or better), the full-size runs.
+#: ``gpu``: one large GPU (>= SMALL_GPU_GIB of memory: L4, A100, H100/H200), the full-size runs.
+#: ``colab``: one small GPU (a free Colab/Kaggle T4, ~15 GB): each notebook in <= 10 minutes, a class hour.
 SIZES: dict[str, tuple] = {
-    #                     ci    cpu   gpu
-    "image_size":         (256, 256, 256),
-    "train_per_domain":   (8, 40, 200),
-    "test_per_domain":    (6, 20, 100),
-    "eval_per_domain":    (4, 16, 100),
-    "probe_per_domain":   (6, 20, 100),
-    "probe_folds":        (3, 5, 5),
-    "severity":           (1.0, 1.0, 1.0),
-    "encoder_batch_size": (2, 4, 32),
-    "seed":               (0, 0, 0),
+    #                     ci    cpu   gpu   colab
+    "image_size":         (256, 256, 256, 256),
+    "train_per_domain":   (8, 40, 200, 100),
+    "test_per_domain":    (6, 20, 100, 50),
+    "eval_per_domain":    (4, 16, 100, 32),
+    "probe_per_domain":   (6, 20, 100, 40),
+    "probe_folds":        (3, 5, 5, 5),
+    "severity":           (1.0, 1.0, 1.0, 1.0),
+    "encoder_batch_size": (2, 4, 32, 16),
+    "seed":               (0, 0, 0, 0),
     # notebooks 05-06
-    "adapter_epochs":     (2, 6, 40),
-    "adapter_batch_size": (4, 8, 16),
-    "lora_train_images":  (2, 8, 200),
-    "lora_epochs":        (1, 2, 10),
-    "tta_steps":          (2, 5, 20),
-    "small_model_size":   (64, 96, 128),
-    "small_model_epochs": (2, 60, 40),
-    "tta_batch_size":     (4, 8, 16),
-    "tta_views":          (2, 32, 64),
-    "verdict_seeds":      (2, 3, 5),
+    "adapter_epochs":     (2, 6, 40, 20),
+    "adapter_batch_size": (4, 8, 16, 16),
+    "lora_train_images":  (2, 8, 200, 40),
+    "lora_epochs":        (1, 2, 10, 3),
+    "tta_steps":          (2, 5, 20, 10),
+    "small_model_size":   (64, 96, 128, 128),
+    "small_model_epochs": (2, 60, 40, 40),
+    "tta_batch_size":     (4, 8, 16, 16),
+    "tta_views":          (2, 32, 64, 32),
+    "verdict_seeds":      (2, 3, 5, 3),
     # notebook 02
-    "ssl_image_size":     (64, 64, 128),
-    "ssl_pool_per_domain": (8, 256, 1000),
-    "ssl_mae_steps":      (8, 4000, 8000),
-    "ssl_dino_steps":     (4, 300, 4000),
-    "ssl_batch_size":     (8, 32, 128),
-    "ssl_label_draws":    (2, 8, 8),
-    "ssl_downstream_steps": (1, 150, 250),
-    "ssl_select_draws":   (1, 2, 3),
-    "finetune_epochs":    (1, 30, 50),
+    "ssl_image_size":     (64, 64, 128, 64),
+    "ssl_pool_per_domain": (8, 256, 1000, 160),
+    "ssl_mae_steps":      (8, 4000, 8000, 4000),
+    "ssl_dino_steps":     (4, 300, 4000, 600),
+    "ssl_batch_size":     (8, 32, 128, 32),
+    "ssl_label_draws":    (2, 8, 8, 4),
+    "ssl_downstream_steps": (1, 150, 250, 150),
+    "ssl_select_draws":   (1, 2, 3, 2),
+    "finetune_epochs":    (1, 30, 50, 30),
     # notebooks 03-04 (rows go here)
-    "ft_train_images":    (2, 6, 160),
-    "ft_val_images":      (1, 4, 40),
-    "ft_eval_per_domain": (1, 6, 100),
-    "ft_batch_size":      (2, 1, 16),
-    "ft_epochs":          (1, 12, 30),
-    "ft_first_unit":      ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
-    "peft_epochs":        (1, 3, 20),
-    "peft_probe_epochs":  (1, 40, 100),
-    "peft_first_unit":    ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
-    "peft_lora_ranks":    ((8,), (2, 8, 32), (2, 4, 8, 16, 32)),
+    "ft_train_images":    (2, 6, 160, 24),
+    "ft_val_images":      (1, 4, 40, 8),
+    "ft_eval_per_domain": (1, 6, 100, 16),
+    "ft_batch_size":      (2, 1, 16, 4),
+    "ft_epochs":          (1, 12, 30, 15),
+    "ft_first_unit":      ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed", "layers.2.blocks.0"),
+    "peft_epochs":        (1, 3, 10, 8),
+    "peft_probe_epochs":  (1, 40, 100, 60),
+    "peft_first_unit":    ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed", "layers.2.blocks.0"),
+    "peft_lora_ranks":    ((8,), (2, 8, 32), (2, 4, 8, 16, 32), (2, 8, 32)),
     # notebooks 07-09 and the mfmda pipeline (rows go here)
-    "ddpm_image_size":        (64, 64, 128),
-    "ddpm_base_channels":     (32, 32, 64),
-    "ddpm_train_images":      (16, 400, 400),
-    "ddpm_train_steps":       (4, 900, 20000),
-    "ddpm_fusion_steps":      (2, 150, 2000),
-    "ddpm_batch_size":        (4, 16, 64),
-    "ddpm_demo_steps":        (3, 40, 2000),
-    "ddpm_ddim_steps":        (5, 50, 100),
-    "ddpm_ancestral_steps":   (10, 200, 1000),
-    "ddpm_samples":           (4, 8, 16),
-    "stage1_k_target":        (4, 10, 10),
-    "stage1_steps":           (4, 200, 1000),
-    "stage1_batch_size":      (2, 4, 8),
-    "stage1_t_translate":     (600, 600, 600),
-    "stage1_translate_steps": (3, 25, 25),
-    "stage1_encoder_units":   (1, 1, 15),
-    "stage1_feature_size":    (64, 64, 256),
-    "stage1_eval_images":     (2, 12, 100),
-    "stage2_rein_from":       ("layers.3.blocks.0", "layers.3.blocks.0", "layers.1.blocks.0"),
-    "stage2_rein_placement":  ("blocks", "blocks", "blocks"),
+    "ddpm_image_size":        (64, 64, 64, 64),
+    "ddpm_base_channels":     (32, 32, 32, 32),
+    "ddpm_train_images":      (16, 400, 400, 400),
+    "ddpm_train_steps":       (4, 900, 900, 900),
+    "ddpm_fusion_steps":      (2, 150, 150, 150),
+    "ddpm_batch_size":        (4, 16, 64, 32),
+    "ddpm_demo_steps":        (3, 40, 2000, 500),
+    "ddpm_ddim_steps":        (5, 50, 100, 50),
+    "ddpm_ancestral_steps":   (10, 200, 1000, 500),
+    "ddpm_samples":           (4, 8, 16, 16),
+    "stage1_k_target":        (4, 10, 10, 10),
+    "stage1_steps":           (4, 200, 600, 300),
+    "stage1_batch_size":      (2, 4, 8, 8),
+    "stage1_t_translate":     (600, 600, 600, 600),
+    "stage1_translate_steps": (3, 25, 25, 25),
+    "stage1_encoder_units":   (1, 1, 1, 1),
+    "stage1_feature_size":    (64, 64, 64, 64),
+    "stage1_eval_images":     (2, 12, 100, 32),
+    "stage2_rein_from":       ("layers.3.blocks.0", "layers.3.blocks.0", "layers.1.blocks.0", "layers.3.blocks.0"),
+    "stage2_rein_placement":  ("blocks", "blocks", "blocks", "blocks"),
     "stage2_taps":            (("layers.1.blocks.1", "layers.2.blocks.5", "layers.3.blocks.0", "layers.3.blocks.1"),
                                ("layers.1.blocks.1", "layers.2.blocks.5", "layers.3.blocks.0", "layers.3.blocks.1"),
-                               ("layers.1.blocks.1", "layers.2.blocks.2", "layers.2.blocks.5", "layers.3.blocks.1")),
-    "stage2_seeds":           (1, 3, 3),
+                               ("layers.1.blocks.1", "layers.2.blocks.2", "layers.2.blocks.5", "layers.3.blocks.1"),
+                               ("layers.1.blocks.1", "layers.2.blocks.5", "layers.3.blocks.0", "layers.3.blocks.1")),
+    "stage2_seeds":           (1, 3, 3, 3),
     "stage2_targets":         (("riga_binrushed",), ("refuge_test", "riga_binrushed", "riga_messidor"),
+                               ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor")),
-    "stage2_pairs":           (2, 16, 200),
-    "stage2_test_per_domain": (2, 16, 100),
-    "stage2_warmup_epochs":   (30, 20, 10),
-    "stage2_epochs":          (1, 6, 100),
-    "stage2_batch_size":      (2, 4, 8),
+    "stage2_pairs":           (2, 16, 64, 64),
+    "stage2_test_per_domain": (2, 16, 100, 32),
+    "stage2_warmup_epochs":   (30, 20, 10, 20),
+    "stage2_epochs":          (1, 4, 15, 20),
+    "stage2_batch_size":      (2, 4, 8, 8),
     # notebook 10 (rows go here)
-    "bootstrap_resamples": (200, 2000, 5000),
+    "bootstrap_resamples": (200, 2000, 5000, 2000),
 }
+
+_SHORT_ROWS = [field for field, row in SIZES.items() if len(row) != len(PROFILE_NAMES)]
+if _SHORT_ROWS:
+    raise ValueError(f"SIZES rows {_SHORT_ROWS} need {len(PROFILE_NAMES)} values, one per profile {PROFILE_NAMES}")
 
 PROFILES: dict[str, Profile] = {
     name: Profile(name=name, **{field: row[i] for field, row in SIZES.items()})
-    for i, name in enumerate(("ci", "cpu", "gpu"))
+    for i, name in enumerate(PROFILE_NAMES)
 }
 
 
+def auto_profile_name() -> str:
+    """The profile the hardware calls for: ``colab`` on a CUDA GPU under :data:`SMALL_GPU_GIB`, ``gpu`` on a
+    larger one, ``cpu`` without CUDA (the GPU is the one :func:`get_device` picks, else device 0)."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    device = get_device()
+    index = device.index if device.type == "cuda" and device.index is not None else 0
+    total_gib = torch.cuda.get_device_properties(index).total_memory / 2**30
+    return "colab" if total_gib < SMALL_GPU_GIB else "gpu"
+
+
 def get_profile(name: str | None = None) -> Profile:
-    """The active profile: ``name``, else ``$MFMDA_PROFILE``, else ``gpu`` with CUDA, else ``cpu``."""
-    name = name or os.environ.get("MFMDA_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    """The active profile: ``name``, else ``$MFMDA_PROFILE``, else :func:`auto_profile_name` (by hardware)."""
+    name = name or os.environ.get("MFMDA_PROFILE") or auto_profile_name()
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (from MFMDA_PROFILE or argument): choose one of {sorted(PROFILES)}")
     return PROFILES[name]

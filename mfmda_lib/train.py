@@ -5,6 +5,8 @@ model for test-time adaptation) calls :func:`fit`. The caller builds the model, 
 and the batches (dependencies are passed in); :func:`fit` runs epochs with a tqdm bar, keeps a
 history, stops early on a validation score, restores the best weights, and checkpoints the
 trainable state atomically after every epoch so an interrupted run resumes where it stopped.
+On CUDA the forward pass and loss run in mixed precision (:mod:`mfmda_lib.precision`); on a CPU
+the loop is exactly the plain float32 one.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .io import atomic_write
+from .precision import autocast, grad_scaler
 
 __all__ = ["FitConfig", "History", "fit", "trainable_state", "count_parameters"]
 
@@ -109,6 +112,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[i
     """
     history, best_state = History(), None
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device if params else torch.device("cpu")
+    scaler = grad_scaler(device)  # enabled only for float16 autocast on CUDA
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"], strict=False)
@@ -120,12 +125,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[i
         model.train()
         start, total, count = time.perf_counter(), 0.0, 0
         for batch in batches(epoch):
-            loss = loss_fn(model, batch)
+            with autocast(device):
+                loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.grad_clip is not None:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             total, count = total + float(loss.detach()), count + 1
         if count == 0:
             raise ValueError(f"{desc}: epoch {epoch} produced no batches")

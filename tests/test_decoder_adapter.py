@@ -94,3 +94,16 @@ def test_adapter_state_roundtrip_and_errors():
         da.inject(build_toy_segmenter())
     with pytest.raises(ValueError, match="divide"):
         da.DecoderAdapterConfig(adapter_dim=10, num_heads=4)
+
+
+def test_inject_wraps_with_a_given_subclass_and_refuses_other_classes():
+    class Halved(da.AdapterAttention):
+        def forward(self, q, k, v):
+            return self.base_layer(q=q, k=k, v=v) + 0.5 * torch.tanh(self.adapter_gate) * self.adapter_attention(q)
+
+    model = build_toy_segmenter()
+    da.inject(model.mask_decoder, da.DecoderAdapterConfig(adapter_dim=8), layer=Halved)
+    sites = [m for m in model.mask_decoder.modules() if isinstance(m, da.AdapterAttention)]
+    assert sites and all(type(m) is Halved for m in sites)
+    with pytest.raises(ValueError, match="subclass"):
+        da.inject(build_toy_segmenter().mask_decoder, layer=torch.nn.Linear)

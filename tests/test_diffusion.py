@@ -145,9 +145,10 @@ def test_checkpoint_roundtrip_and_checksum_mismatch(tmp_path):
 
 
 def test_profiles_use_the_shipped_checkpoint_only_when_the_architecture_matches(tmp_path):
-    cpu, gpu = PROFILES["cpu"], PROFILES["gpu"]
+    cpu = PROFILES["cpu"]
     (tmp_path / SHIPPED_NAME).write_bytes(b"x")
     (tmp_path / SHIPPED_NAME).with_suffix(".json").write_text(json.dumps({"config": ddpm_config(cpu).to_dict()}))
-    assert source_ddpm_path(cpu, tmp_path) == tmp_path / SHIPPED_NAME
-    assert source_ddpm_path(PROFILES["ci"], tmp_path) == tmp_path / SHIPPED_NAME  # ci shares the cpu model
-    assert source_ddpm_path(gpu, tmp_path).parent.name == "source_ddpm"  # 128 px: trained and cached
+    for profile in PROFILES.values():  # every profile models 64 px with the shipped architecture
+        assert source_ddpm_path(profile, tmp_path) == tmp_path / SHIPPED_NAME
+    big = cpu.replace(ddpm_image_size=128, ddpm_base_channels=64)
+    assert source_ddpm_path(big, tmp_path).parent.name == "source_ddpm"  # 128 px: trained and cached

@@ -146,7 +146,8 @@ def is_injected(mask_decoder: nn.Module) -> bool:
     return any(isinstance(m, AdapterAttention) for m in mask_decoder.modules())
 
 
-def inject(mask_decoder: nn.Module, config: DecoderAdapterConfig | None = None) -> nn.Module:
+def inject(mask_decoder: nn.Module, config: DecoderAdapterConfig | None = None, *,
+           layer: type[AdapterAttention] = AdapterAttention) -> nn.Module:
     """Wrap each token->image attention of a SAM mask decoder with an :class:`AdapterAttention` (in place).
 
     Afterwards only the adapter parameters of ``mask_decoder`` require grad; the rest is frozen.
@@ -155,6 +156,8 @@ def inject(mask_decoder: nn.Module, config: DecoderAdapterConfig | None = None) 
     Args:
         mask_decoder: ``model.mask_decoder`` of a LiteMedSAM / SAM / MedSAM ``PromptableSegmenter``.
         config: adapter size (default :class:`DecoderAdapterConfig`).
+        layer: the wrapping class, :class:`AdapterAttention` or a subclass (notebook 05's exercise
+            writes one).
 
     Returns:
         ``mask_decoder`` (same object).
@@ -162,12 +165,14 @@ def inject(mask_decoder: nn.Module, config: DecoderAdapterConfig | None = None) 
     config = config or DecoderAdapterConfig()
     if is_injected(mask_decoder):
         raise ValueError("this decoder already holds an adapter: call remove() first")
+    if not (isinstance(layer, type) and issubclass(layer, AdapterAttention)):
+        raise ValueError(f"inject: layer must be AdapterAttention or a subclass of it, got {layer!r}")
     sites = _sites(mask_decoder, config.include_final)
     dim = mask_decoder.transformer_dim
     device = next(mask_decoder.parameters()).device
     mask_decoder.requires_grad_(False)
     for parent, attr in sites:
-        setattr(parent, attr, AdapterAttention(getattr(parent, attr), dim, config).to(device))
+        setattr(parent, attr, layer(getattr(parent, attr), dim, config).to(device))
     for name, p in mask_decoder.named_parameters():
         p.requires_grad_(ADAPTER_PREFIX in name)
     return mask_decoder

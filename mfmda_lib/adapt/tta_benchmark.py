@@ -32,7 +32,7 @@ from ..profiles import Profile
 from .tta import TTAConfig, TTAMethod
 
 __all__ = ["to_tensor", "masks_from_logits", "score_logits", "REGIMES", "run_regime", "forgetting", "TTAData",
-           "tta_data", "TTAResult", "run_tta_benchmark"]
+           "tta_data", "TTAResult", "run_tta_benchmark", "settings_table"]
 
 #: Fixed input normalisation (the same for every domain: no per-image standardisation, which would
 #: hide the colour shift that test-time methods are meant to handle).
@@ -219,6 +219,10 @@ def _settings_table(rows: list[dict]) -> pd.DataFrame:
         base = table[m].xs("source_only", level="method")
         table[f"delta_{m}"] = table[m] - base.reindex(table.index.get_level_values("setting")).to_numpy()
     return table
+
+
+#: :attr:`TTAResult.settings` from saved per-image rows (``make figures`` redraws the settings figure with it).
+settings_table = _settings_table
 
 
 def _forgetting_table(source_rows: list[dict]) -> pd.DataFrame:

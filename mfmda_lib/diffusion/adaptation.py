@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 
+from ..precision import autocast
 from .conditioned import ContentConditionedUNet
 from .diaa import DIAA
 from .ddpm import predict_x0, q_sample
@@ -156,7 +157,7 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         idx = torch.randint(0, len(x_target), (len(t),), generator=g)
         noise = torch.randn((len(t), *x_target.shape[1:]), generator=g)
         x0, t, noise, weight = (v.to(device) for v in (x_target[idx], t, noise, weight))
-        with accelerator.autocast():
+        with autocast(accelerator.device):
             eps_hat = model(q_sample(x0, t, noise, alpha_bar), t)  # unconditional: no x_c (the authors' code)
         return (diffusion_loss(noise, eps_hat, config.diffusion_loss, weight),
                 diffusion_loss(noise, eps_hat.detach(), config.diffusion_loss))
@@ -178,7 +179,7 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         x_s, t, noise, content_noise, gate_noise, w_dir = (v.to(device) for v in (
             x_source[idx], t, noise, content_noise, gate_noise, w_dir))
         x_t = q_sample(x_s, t, noise, alpha_bar)  # (B, 3, S, S)
-        with accelerator.autocast():
+        with autocast(accelerator.device):
             eps_hat = model(x_t, t, q_sample(x_s, t, content_noise, alpha_bar), gate_noise)
         x0_hat = predict_x0(x_t, t, eps_hat.float(), alpha_bar)  # (B, 3, S, S) x0_hat^{S->T}
         maps = encoder.feature_pyramid(x0_hat)  # [(B, C_l, N_l)]: gradients flow to x0_hat, f itself is frozen

@@ -15,7 +15,8 @@ its checkpoint ends with exactly the weights of an uninterrupted run.
 
 It runs under HF Accelerate: one process by default; ``accelerate launch --num_processes N``
 spreads the same code over N GPUs (each process draws its own batch; gradients are averaged).
-Mixed precision (fp16) is used only on CUDA.
+Mixed precision only on CUDA (:mod:`mfmda_lib.precision`: bf16 where the GPU has it, else fp16 with
+Accelerate's gradient scaler); a CPU run is plain float32.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..io import atomic_write
+from ..precision import accelerate_mixed_precision, autocast
 from ..train import trainable_state
 from .conditioned import ContentConditionedUNet
 from .ddpm import q_sample
@@ -95,10 +97,10 @@ class StepHistory:
 
 
 def make_accelerator(device: torch.device | None = None) -> Accelerator:
-    """An ``Accelerator`` on ``device`` (default: whatever Accelerate picks); fp16 only on CUDA."""
+    """An ``Accelerator`` on ``device`` (default: whatever Accelerate picks); mixed precision only on CUDA."""
     cpu = device is not None and device.type == "cpu"
     cuda = not cpu and torch.cuda.is_available()
-    return Accelerator(cpu=cpu, mixed_precision="fp16" if cuda else "no")
+    return Accelerator(cpu=cpu, mixed_precision=accelerate_mixed_precision("cuda") if cuda else "no")
 
 
 def step_generator(seed: int, step: int, process: int = 0) -> torch.Generator:
@@ -264,7 +266,7 @@ def train_ddpm(unet: UNet2DModel, images: torch.Tensor, alpha_bar: torch.Tensor,
     def step_fn(step: int, g: torch.Generator):
         x0, t, noise = (v.to(accelerator.device) for v in _draw_batch(images, config.batch_size, g, T))
         x_t = q_sample(x0, t, noise, alpha_bar)  # (B, 3, S, S)
-        with accelerator.autocast():
+        with autocast(accelerator.device):
             eps_hat = unet(x_t, t).sample
         return diffusion_loss(noise, eps_hat, config.loss), {}
 
@@ -304,7 +306,7 @@ def train_fusion(model: ContentConditionedUNet, images: torch.Tensor, alpha_bar:
         gate_noise = torch.randn(plain.bottleneck_shape(len(x0)), generator=g)
         x0, t, noise, content_noise, gate_noise = (v.to(accelerator.device)
                                                    for v in (x0, t, noise, content_noise, gate_noise))
-        with accelerator.autocast():
+        with autocast(accelerator.device):
             eps_hat = model(q_sample(x0, t, noise, alpha_bar), t, q_sample(x0, t, content_noise, alpha_bar),
                             gate_noise)
         return diffusion_loss(noise, eps_hat, config.loss), {}

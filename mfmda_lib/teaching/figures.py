@@ -7,14 +7,23 @@ A deck names what it shows, never a file path:
   tried in :data:`PROFILE_PREFERENCE` order, the first folder first.
 - ``generated:KEY`` is a figure computed here in about a second from the synthetic benchmark
   (:data:`GENERATORS`), so it never depends on a notebook having run.
-- ``{{table:NAME}}`` or ``{{table:NAME:ROWS}}`` inserts the Markdown table of ``<results>/NAME_<profile>.md``.
+- ``{{table:NAME}}`` inserts the whole Markdown table of ``<results>/NAME_<profile>.md`` (never cut: a
+  cut hides rows; a long table belongs in a ``means`` table).
+- ``{{meta:NAME:KEY}}`` inserts a computed entry of the saved result's ``meta`` (a verdict the notebook
+  computed, a list becomes bullets): words from numbers, never typed in.
+- ``{{means:NAME key=method cols=disc_dice,cup_dice rows=a,b where=budget:0.1}}`` is a per-method mean
+  table read from ``<results>/NAME_<profile>.json`` (:func:`means_table`): rows found by their key,
+  never by position, so a regenerated file with more methods or seeds still fills the table.
 
 Whatever is missing becomes a clearly labelled placeholder (a grey PNG that says which notebook
-produces it; an italic line for a table), so a deck always builds and never points to a missing file.
+produces it; a paragraph or a table row marked ``placeholder`` for a table), so a deck always builds
+and never points to a missing file; the slide test fails on any placeholder.
 """
 from __future__ import annotations
 
+import html
 import io
+import json
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,10 +31,13 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 
 __all__ = ["PROFILE_PREFERENCE", "GENERATORS", "FigureSource", "find_result_file", "figure_png", "table_markdown",
-           "placeholder_png"]
+           "placeholder_png", "means_table", "parse_means", "meta_markdown", "SOURCE_DOMAIN"]
+
+#: The labelled hospital: a per-method mean over domains leaves it out (it is not a target).
+SOURCE_DOMAIN = "refuge_train"
 
 #: Which profile's results a deck prefers when several exist (largest, most meaningful first).
-PROFILE_PREFERENCE = ("gpu", "cpu", "ci")
+PROFILE_PREFERENCE = ("gpu", "colab", "cpu", "ci")
 
 _NOTEBOOK_HINTS = {  # result-name prefix -> the notebook that produces it (for placeholder text)
     "domain": "00", "benchmark": "00", "zero_shot": "01", "self_supervised": "02", "ssl": "02", "fine": "03",
@@ -163,18 +175,136 @@ def figure_png(ref: str, folders: Sequence[Path]) -> tuple[bytes, FigureSource]:
 _TABLE_LINE = re.compile(r"^\s*\|")
 
 
-def table_markdown(name: str, folders: Sequence[Path], max_rows: int | None = None) -> tuple[str, FigureSource]:
-    """The Markdown table saved in ``<results>/NAME_<profile>.md`` with a caption line, or a placeholder line."""
+def _placeholder_html(text: str) -> str:
+    return f'<p class="placeholder">{html.escape(text)}</p>'
+
+
+def table_markdown(name: str, folders: Sequence[Path]) -> tuple[str, FigureSource]:
+    """The whole Markdown table saved in ``<results>/NAME_<profile>.md`` with a caption line, or a placeholder."""
     path = find_result_file(folders, name, ".md")
     if path is None:
-        return f"*Table `{name}` not produced yet: {_hint(name)}.*", FigureSource("placeholder", name)
+        return _placeholder_html(f"Table {name} not produced yet: {_hint(name)}."), FigureSource("placeholder", name)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if _TABLE_LINE.match(line)]
     if not lines:
-        return f"*Table `{name}`: no table in {path.name}.*", FigureSource("placeholder", name)
-    dropped = 0
-    if max_rows is not None and len(lines) > max_rows + 2:
-        dropped = len(lines) - 2 - max_rows
-        lines = lines[:max_rows + 2]
+        return _placeholder_html(f"Table {name}: no table in {path.name}."), FigureSource("placeholder", name)
     profile = path.stem.rsplit("_", 1)[-1]
-    caption = f"*`{path.name}` ({profile} profile" + (f", {dropped} more rows in the file" if dropped else "") + ")*"
-    return "\n".join(lines) + "\n\n" + caption, FigureSource("result", str(path))
+    return "\n".join(lines) + f"\n\n*`{path.name}` ({profile} profile)*", FigureSource("result", str(path))
+
+
+def meta_markdown(name: str, key: str, folders: Sequence[Path], prefix: str | None = None) -> tuple[str, FigureSource]:
+    """``meta[key]`` of ``<results>/NAME_<profile>.json`` as Markdown (a list as bullets, only the items starting
+    with ``prefix`` when given: ``{{meta:NAME:KEY:PREFIX}}``), or a placeholder."""
+    path = find_result_file(folders, name, ".json")
+    meta = json.loads(path.read_text(encoding="utf-8")).get("meta", {}) if path is not None else {}
+    if key not in meta:
+        where = path.name if path is not None else f"{name}_<profile>.json (not produced yet: {_hint(name)})"
+        return _placeholder_html(f"{key} is not in {where}."), FigureSource("placeholder", f"{name}:{key}")
+    value = meta[key]
+    if isinstance(value, list):
+        items = [str(v).strip() for v in value if prefix is None or str(v).strip().startswith(prefix)]
+        if not items:
+            return (_placeholder_html(f"no {key} entry of {path.name} starts with {prefix!r}."),
+                    FigureSource("placeholder", f"{name}:{key}"))
+        text = "\n".join(f"- {html.escape(v[len(prefix or ''):].strip())}" for v in items)
+    else:
+        text = html.escape(str(value))
+    profile = path.stem.rsplit("_", 1)[-1]
+    return f"{text}\n\n*computed by the notebook: `{path.name}` ({profile} profile)*", FigureSource("result", str(path))
+
+
+_MEANS_OPTIONS = ("key", "cols", "rows", "where")
+
+
+def parse_means(spec: str) -> dict:
+    """``"NAME key=a,b cols=x,y rows=r1,r2 where=k:v,k2:v2"`` -> ``{"name", "key", "cols", "rows", "where"}``."""
+    name, *options = spec.split()
+    out: dict = {"name": name, "key": ["method"], "cols": None, "rows": None, "where": {}}
+    for option in options:
+        field, sep, value = option.partition("=")
+        if not sep or field not in _MEANS_OPTIONS or not value:
+            allowed = ", ".join(o + "=..." for o in _MEANS_OPTIONS)
+            raise ValueError(f"means table {name!r}: bad option {option!r} (use {allowed})")
+        items = [v for v in value.split(",") if v]
+        if field == "where":
+            pairs = [item.partition(":") for item in items]
+            if any(not sep2 for _, sep2, _ in pairs):
+                raise ValueError(f"means table {name!r}: where takes column:value pairs, got {value!r}")
+            out["where"] = {k: v for k, _, v in pairs}
+        else:
+            out[field] = items
+    return out
+
+
+def _matches(column, value: str):
+    try:
+        return column.astype(float) == float(value)
+    except (TypeError, ValueError):
+        return column.astype(str) == value
+
+
+def means_table(name: str, folders: Sequence[Path], *, key: Sequence[str] = ("method",),
+                cols: Sequence[str] | None = None, rows: Sequence[str] | None = None,
+                where: dict[str, str] | None = None) -> tuple[str, FigureSource, list[str]]:
+    """A per-method mean table from ``<results>/NAME_<profile>.json`` as HTML, found by key, never by position.
+
+    Args:
+        name: the result name (``mfmda_stage2``).
+        folders: results folders, in order.
+        key: column(s) naming a row (joined by ``/``), e.g. ``method`` or ``init,protocol``.
+        cols: numeric columns to show (default: every numeric column but counts and spreads).
+        rows: the rows the slide names, in order; each must be in the file (a missing one becomes a
+            placeholder row). Default: every key, in the file's order.
+        where: ``column -> value`` filters applied first (numbers compared as numbers).
+
+    The mean: the file's own ``domain == "mean"`` rows when it has them, else the mean over its rows
+    per key, leaving out the source hospital (``refuge_train``) unless ``where`` picks a domain.
+
+    Returns:
+        ``(html, source, named rows)``; the ``<table>`` carries ``data-result`` and ``data-rows`` (the rows
+        named) and each ``<tr>`` a ``data-row``, which the slide test reads in the browser.
+    """
+    import pandas as pd
+
+    path = find_result_file(folders, name, ".json")
+    if path is None:
+        return (_placeholder_html(f"Table {name} not produced yet: {_hint(name)}."), FigureSource("placeholder", name),
+                list(rows or []))
+    frame = pd.DataFrame(json.loads(path.read_text(encoding="utf-8")).get("table", []))
+    where = dict(where or {})
+    unknown = [c for c in [*key, *where, *(cols or [])] if c not in frame.columns]
+    if frame.empty or unknown:
+        raise ValueError(f"means table {name!r}: {path.name} has no column(s) {unknown or 'at all'}; "
+                         f"columns: {list(frame.columns)}")
+    for column, value in where.items():
+        frame = frame[_matches(frame[column], value)]
+    averaged = "over its rows"
+    if "domain" in frame.columns and "domain" not in where and "domain" not in key:
+        if (frame["domain"] == "mean").any():
+            frame, averaged = frame[frame["domain"] == "mean"], "the file's mean over target hospitals"
+        else:
+            frame, averaged = frame[frame["domain"] != SOURCE_DOMAIN], "mean over the target hospitals"
+    frame = frame.assign(_key=frame[list(key)].astype(str).agg("/".join, axis=1))
+    if cols is None:
+        numeric = frame.select_dtypes("number").columns
+        cols = [c for c in numeric if c not in key and c != "n" and not c.endswith(("_std", "_lo", "_hi"))]
+    means = frame.groupby("_key", sort=False)[list(cols)].mean()
+    order = list(rows) if rows else list(means.index)
+    missing = [r for r in order if r not in means.index]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["/".join(key), *cols])
+    body = []
+    for r in order:
+        if r in means.index:
+            cells = "".join(f"<td>{v:.3f}</td>" for v in means.loc[r])
+            body.append(f'<tr data-row="{html.escape(r)}"><td>{html.escape(r)}</td>{cells}</tr>')
+        else:
+            body.append(f'<tr data-row="{html.escape(r)}" class="placeholder"><td>{html.escape(r)}</td>'
+                        f'<td colspan="{len(cols)}">missing from {html.escape(path.name)}</td></tr>')
+    profile = path.stem.rsplit("_", 1)[-1]
+    filters = "".join(f", {k} = {v}" for k, v in where.items())
+    caption = f"<code>{html.escape(path.name)}</code> ({profile} profile): {averaged}{html.escape(filters)}"
+    table = (f'<table class="results" data-result="{html.escape(name)}" data-rows="{html.escape(",".join(order))}">'
+             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+             f'<p class="caption">{caption}</p>')
+    source = (FigureSource("placeholder", f"{name}: no row {', '.join(missing)}") if missing
+              else FigureSource("result", str(path)))
+    return table, source, order

@@ -2,14 +2,19 @@
 
 One deck per seminar session, one Markdown file per deck; slides are separated by a line that is
 exactly ``---``. Images are named, not pathed (``![caption](figure:zero_shot_litemedsam)``,
-``![caption](generated:domains)``) and tables come from saved results (``{{table:NAME}}``): see
-:mod:`mfmda_lib.teaching.figures`. The output embeds every image as a base64 ``data:`` URI and
-inlines ``slides/theme.css`` and ``slides/deck.js``, so a deck opens offline from a single file.
+``![caption](generated:domains)``) and tables come from saved results (``{{table:NAME}}``, and
+per-method mean tables ``{{means:NAME ...}}``): see :mod:`mfmda_lib.teaching.figures`. A line
+``Cite: ...`` cites the slide's paper (shown small at the bottom of the slide); everything after a
+line ``Notes:`` is the slide's speaker notes (hidden on screen, shown in the presenter view and in
+print). The output embeds every image as a base64 ``data:`` URI and inlines ``slides/theme.css``
+and ``slides/deck.js``, so a deck opens offline from a single file.
 
 In the browser: arrow keys / space / PageUp / PageDown move between slides (presentation mode),
-``Esc`` returns to the scrolling overview, printing gives one slide per page. An inline script
-writes ``<div id="deck-status">`` with the slide count and any image that failed to load, which
-the slide test reads from a headless Chromium.
+``N`` shows the speaker notes beside the slide (presenter view; also ``#notes`` in the address),
+``Esc`` returns to the scrolling overview, ``#7`` in the address opens slide 7, printing gives one
+slide per page with its notes. An inline script writes ``<div id="deck-status">`` with the slide
+count, any image that failed to load, the placeholders shown and the rows of each results table,
+which the slide test reads from a headless Chromium.
 
 Run ``python -m mfmda_lib.teaching.slides`` (``make slides``).
 """
@@ -25,16 +30,20 @@ from typing import Sequence
 
 from ..io import atomic_write_bytes
 from ..profiles import paths
-from .figures import FigureSource, figure_png, table_markdown
+from .figures import FigureSource, figure_png, means_table, meta_markdown, parse_means, table_markdown
 
-__all__ = ["DeckReport", "split_slides", "render_markdown", "build_deck", "build_all", "default_result_folders",
-           "SLIDES_DIR"]
+__all__ = ["DeckReport", "split_slides", "split_notes", "render_markdown", "build_deck", "build_all",
+           "default_result_folders", "SLIDES_DIR"]
 
 #: The repository's slides folder (decks/, theme.css, deck.js; build/ is the output).
 SLIDES_DIR = Path(__file__).resolve().parents[2] / "slides"
 
 _IMAGE_REF = re.compile(r"!\[([^\]]*)\]\(((?:figure|generated):[^)\s]+)\)")
 _TABLE_REF = re.compile(r"\{\{table:([A-Za-z0-9_*]+)(?::(\d+))?\}\}")
+_MEANS_REF = re.compile(r"\{\{means:([^}]+)\}\}")
+_META_REF = re.compile(r"\{\{meta:([A-Za-z0-9_*]+):([A-Za-z0-9_ ()-]+)(?::([^}]+))?\}\}")
+_NOTES = re.compile(r"^Notes:\s*$", re.M)
+_CITE = re.compile(r"^Cite:\s*(.+)$", re.M)
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["'](?:https?:)?//|@import|url\(\s*["']?(?:https?:)?//|<link\b""", re.I)
 
@@ -50,6 +59,10 @@ class DeckReport:
         slides: number of slides.
         images: number of ``<img>`` elements.
         sources: how each image or table was resolved, in order.
+        slide_sources: the same, per slide.
+        notes: each slide's speaker notes (Markdown; empty when it has none).
+        cites: each slide's citations.
+        tables: ``(result name, rows named)`` of each ``means`` table, in order.
     """
 
     name: str
@@ -58,6 +71,10 @@ class DeckReport:
     slides: int
     images: int
     sources: list[FigureSource] = field(default_factory=list)
+    slide_sources: list[list[FigureSource]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cites: list[list[str]] = field(default_factory=list)
+    tables: list[tuple[str, list[str]]] = field(default_factory=list)
 
     @property
     def placeholders(self) -> list[str]:
@@ -84,6 +101,14 @@ def split_slides(text: str) -> list[str]:
     return [s.strip("\n") for s in slides if s.strip()]
 
 
+def split_notes(text: str) -> tuple[str, list[str], str]:
+    """One slide's Markdown -> ``(body, citations, speaker notes)``: ``Cite:`` lines and what follows ``Notes:``."""
+    parts = _NOTES.split(text, maxsplit=1)
+    body, notes = parts[0], parts[1].strip() if len(parts) > 1 else ""
+    cites = [c.strip() for c in _CITE.findall(body)]
+    return _CITE.sub("", body).rstrip(), cites, notes
+
+
 def render_markdown(text: str) -> str:
     """Markdown (with tables) to HTML through ``mistune`` (installed with Jupyter's nbconvert)."""
     try:
@@ -93,38 +118,66 @@ def render_markdown(text: str) -> str:
     return mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])(text)
 
 
-def _render_slide(text: str, folders: Sequence[Path], images: dict[str, str],
-                  sources: list[FigureSource]) -> str:
+def _render_slide(text: str, folders: Sequence[Path], images: dict[str, tuple[str, str]],
+                  sources: list[FigureSource], tables: list[tuple[str, list[str]]]) -> str:
     """One slide's HTML: tables inlined, image references replaced by tokens, then by data URIs."""
     def table(match: re.Match) -> str:
-        md, source = table_markdown(match.group(1), folders, int(match.group(2)) if match.group(2) else None)
+        if match.group(2):
+            raise ValueError(f"{{{{table:{match.group(1)}:{match.group(2)}}}}}: cutting a table hides rows; "
+                             f"show the whole table or a per-method {{{{means:...}}}} table")
+        md, source = table_markdown(match.group(1), folders)
         sources.append(source)
         return md
 
-    tokens: dict[str, str] = {}
+    blocks: dict[str, str] = {}
+
+    def means(match: re.Match) -> str:
+        spec = parse_means(match.group(1))
+        block, source, named = means_table(spec["name"], folders, key=spec["key"], cols=spec["cols"],
+                                           rows=spec["rows"], where=spec["where"])
+        sources.append(source)
+        tables.append((spec["name"], named))
+        token = f"DECKBLOCK{len(blocks)}X"
+        blocks[token] = block
+        return f"\n\n{token}\n\n"
+
+    def meta(match: re.Match) -> str:
+        md, source = meta_markdown(match.group(1), match.group(2), folders, prefix=match.group(3))
+        sources.append(source)
+        return md
+
+    tokens: dict[str, tuple[str, str]] = {}
 
     def image(match: re.Match) -> str:
         ref = match.group(2)
         if ref not in images:
             png, source = figure_png(ref, folders)
-            images[ref] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            images[ref] = ("data:image/png;base64," + base64.b64encode(png).decode("ascii"), source.kind)
             sources.append(source)
         token = f"deck-image-{len(tokens)}"
         tokens[token] = images[ref]
         return f"![{match.group(1)}]({token})"
 
-    body = render_markdown(_IMAGE_REF.sub(image, _TABLE_REF.sub(table, text)))
-    for token, uri in tokens.items():
-        body = body.replace(f'src="{token}"', f'src="{uri}"')
+    text = _META_REF.sub(meta, _MEANS_REF.sub(means, _TABLE_REF.sub(table, text)))
+    body = render_markdown(_IMAGE_REF.sub(image, text))
+    for token, (uri, kind) in tokens.items():
+        body = body.replace(f'src="{token}"', f'src="{uri}" data-source="{kind}"')
+    for token, block in blocks.items():
+        body = body.replace(f"<p>{token}</p>", block)
     return body
 
 
-def _page(name: str, title: str, slides: list[str], css: str, js: str) -> str:
+def _page(name: str, title: str, slides: list[tuple[str, list[str], str]], css: str, js: str) -> str:
     n = len(slides)
-    sections = "\n".join(
-        f'<section class="slide" id="slide-{i}"><div class="slide-body">{body}</div>'
-        f'<footer>{html.escape(title)} <span class="page">{i}/{n}</span></footer></section>'
-        for i, body in enumerate(slides, start=1))
+
+    def section(i: int, body: str, cites: list[str], notes: str) -> str:
+        cite = "".join(render_markdown(c) for c in cites)
+        return (f'<section class="slide" id="slide-{i}"><div class="slide-body">{body}'
+                + (f'<div class="cite">{cite}</div>' if cites else "") + "</div>"
+                + (f'<aside class="notes"><h4>Notes · slide {i}</h4>{render_markdown(notes)}</aside>' if notes else "")
+                + f'<footer>{html.escape(title)} <span class="page">{i}/{n}</span></footer></section>')
+
+    sections = "\n".join(section(i, *parts) for i, parts in enumerate(slides, start=1))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{css}</style></head>\n"
@@ -166,18 +219,27 @@ def build_deck(source: str | Path, out_dir: str | Path, folders: Sequence[Path] 
         raise ValueError(f"{source}: no slides (separate slides with a line '---')")
     heading = re.search(r"^#\s+(.+)$", parts[0], re.M)
     title = heading.group(1).strip() if heading else source.stem
-    images: dict[str, str] = {}
+    images: dict[str, tuple[str, str]] = {}
     sources: list[FigureSource] = []
-    bodies = [_render_slide(p, folders, images, sources) for p in parts]
-    page = _page(source.stem, title, bodies, (slides_dir / "theme.css").read_text(encoding="utf-8"),
+    tables: list[tuple[str, list[str]]] = []
+    rendered, per_slide, all_notes, all_cites = [], [], [], []
+    for part in parts:
+        body, cites, notes = split_notes(part)
+        before = len(sources)
+        rendered.append((_render_slide(body, folders, images, sources, tables), cites, notes))
+        per_slide.append(sources[before:])
+        all_notes.append(notes)
+        all_cites.append(cites)
+    page = _page(source.stem, title, rendered, (slides_dir / "theme.css").read_text(encoding="utf-8"),
                  (slides_dir / "deck.js").read_text(encoding="utf-8"))
     external = _EXTERNAL.search(page)
     if external:
         raise ValueError(f"{source}: the deck would load {external.group(0)!r} from the network; embed it instead")
     out = Path(out_dir) / f"{source.stem}.html"
     atomic_write_bytes(out, page.encode("utf-8"))
-    return DeckReport(name=source.stem, title=title, output=out, slides=len(bodies),
-                      images=page.count("<img "), sources=sources)
+    return DeckReport(name=source.stem, title=title, output=out, slides=len(rendered),
+                      images=page.count("<img "), sources=sources, slide_sources=per_slide, notes=all_notes,
+                      cites=all_cites, tables=tables)
 
 
 def build_all(decks_dir: str | Path = SLIDES_DIR / "decks", out_dir: str | Path = SLIDES_DIR / "build",
