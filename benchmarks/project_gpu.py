@@ -222,7 +222,7 @@ def downstream_eval(profile: Profile, batch: int):
 
 
 def tta_unet_train(size: int, batch: int):
-    from mfmda_lib.adapt.tta_benchmark import SourceTrainConfig
+    from mfmda_lib.adapt.tta_source import SourceTrainConfig
     from mfmda_lib.models.unet import UNet
 
     model, x = UNet(SourceTrainConfig().unet), torch.rand(batch, 3, size, size)
@@ -230,7 +230,7 @@ def tta_unet_train(size: int, batch: int):
 
 
 def tta_unet_forward(size: int, batch: int):
-    from mfmda_lib.adapt.tta_benchmark import SourceTrainConfig
+    from mfmda_lib.adapt.tta_source import SourceTrainConfig
     from mfmda_lib.models.unet import UNet
 
     model, x = UNet(SourceTrainConfig().unet).eval(), torch.rand(batch, 3, size, size)
