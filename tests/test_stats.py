@@ -54,3 +54,34 @@ def test_seed_table_reports_each_method():
     t = stats.seed_table(rows, ["dice"])
     assert list(t.index) == ["a", "b"] and t.loc["a", "dice"] == pytest.approx(0.8)
     assert t.loc["a", "n_seeds"] == 3 and t.loc["b", "n_images"] == 5
+
+
+def test_seed_auroc_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=40)
+    scores = rng.normal(size=(3, 40)) + 2 * labels  # informative
+    scores[0, :5] = 0.25  # ties
+    expected = [roc_auc_score(labels, s) for s in scores]
+    assert stats.seed_auroc(scores, labels) == pytest.approx(expected)
+    assert np.isnan(stats.seed_auroc(scores, np.zeros(40))).all()  # one class: undefined
+    rows = [{"method": m, "seed": s, "domain": "d", "sample_id": f"i{j}", "pred": float(v), "y": int(labels[j])}
+            for m, x in (("good", scores), ("blind", rng.normal(size=(3, 40)))) for s in range(3)
+            for j, v in enumerate(x[s])]
+    c = stats.compare_auroc(rows, "pred", "y", "good", "blind")
+    assert c.verdict == "better" and c.n_seeds == 3 and c.n_images == 40 and c.low < c.diff < c.high
+    assert c.diff == pytest.approx(np.mean(expected) - np.mean(stats.seed_auroc(
+        np.array([[r["pred"] for r in rows if r["method"] == "blind" and r["seed"] == s] for s in range(3)]), labels)))
+    assert stats.compare_auroc(rows, "pred", "y", "good", "good").verdict == stats.NO_DIFFERENCE
+
+
+def test_compare_table_flips_the_direction_of_errors():
+    b = np.random.default_rng(4).uniform(0.3, 0.9, size=(3, 30))
+    rows = [{**r, "err": 1 - r["dice"]} for r in _rows("a", b + 0.05) + _rows("b", b)]
+    t = stats.compare_table(rows, ["dice", "err"], [("a", "b")], lower_is_better=["err"])
+    assert t.loc[("a", "b", "dice"), "verdict"] == "better" and t.loc[("a", "b", "err"), "verdict"] == "better"
+    assert t.loc[("a", "b", "err"), "diff"] == pytest.approx(-0.05) and t.loc[("a", "b", "dice"), "n_seeds"] == 3
+    from mfmda_lib.evaluation import format_table
+
+    assert "| better |" in " ".join(format_table(t).split())  # a word column goes into the Markdown table as is
