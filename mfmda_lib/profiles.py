@@ -59,8 +59,8 @@ class Profile:
         ssl_image_size: image side for self-supervised pretraining of the small ViT (notebook 02).
         ssl_pool_per_domain: unlabelled ``train`` images per domain in the pretraining pool (notebook 02).
         ssl_mae_steps: optimisation steps of MAE pretraining.
-        ssl_dino_steps: optimisation steps of DINO pretraining (each costs ~4 MAE steps: two full views,
-            student and teacher).
+        ssl_dino_steps: optimisation steps of DINO pretraining (each costs several MAE steps: two global views
+            through student and teacher, and the student's small local crops).
         ssl_batch_size: images per self-supervised step.
         ssl_label_draws: draws of labelled images at the smallest label budget (results are averaged).
         ssl_downstream_steps: optimisation steps of each notebook-02 probe / fine-tuning run (whatever the budget).
@@ -237,7 +237,7 @@ SIZES: dict[str, tuple] = {
     "ssl_image_size":     (64, 64, 128),
     "ssl_pool_per_domain": (8, 256, 1000),
     "ssl_mae_steps":      (8, 4000, 8000),
-    "ssl_dino_steps":     (4, 300, 4000),
+    "ssl_dino_steps":     (4, 250, 4000),
     "ssl_batch_size":     (8, 32, 128),
     "ssl_label_draws":    (2, 8, 8),
     "ssl_downstream_steps": (1, 150, 250),
