@@ -79,6 +79,8 @@ class Profile:
         peft_probe_epochs: epochs of the linear probe whose head every PEFT run starts from (cheap: cached outputs).
         peft_first_unit: first encoder unit that notebook 04's methods adapt (the rest is a cached prefix).
         peft_lora_ranks: LoRA ranks of the rank sweep (notebook 04).
+        verdict_seeds: training seeds (``seed``, ``seed + 1``, ...) of every run a computed verdict rests on
+            (notebooks 03-05): each verdict reports a 95% interval over seeds and test images.
         # -- notebooks 07-09 and the mfmda pipeline: document new fields here --
         ddpm_image_size: side of the images the source DDPM models (notebooks 07-08; 64 on a CPU).
         ddpm_base_channels: channels of the DDPM U-Net's first level (levels: x1, x2, x4, x4).
@@ -154,6 +156,7 @@ class Profile:
     peft_probe_epochs: int
     peft_first_unit: str
     peft_lora_ranks: tuple
+    verdict_seeds: int
     # notebooks 07-09 and the mfmda pipeline (fields go here)
     ddpm_image_size: int
     ddpm_base_channels: int
@@ -225,7 +228,7 @@ SIZES: dict[str, tuple] = {
     "encoder_batch_size": (2, 4, 32),
     "seed":               (0, 0, 0),
     # notebooks 05-06
-    "adapter_epochs":     (2, 6, 40),
+    "adapter_epochs":     (2, 4, 40),
     "adapter_batch_size": (4, 8, 16),
     "lora_train_images":  (2, 8, 200),
     "lora_epochs":        (1, 2, 10),
@@ -248,12 +251,13 @@ SIZES: dict[str, tuple] = {
     "ft_val_images":      (1, 4, 40),
     "ft_eval_per_domain": (1, 6, 100),
     "ft_batch_size":      (2, 1, 16),
-    "ft_epochs":          (1, 12, 30),
+    "ft_epochs":          (1, 8, 30),
     "ft_first_unit":      ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
-    "peft_epochs":        (1, 3, 20),
+    "peft_epochs":        (1, 2, 20),
     "peft_probe_epochs":  (1, 40, 100),
     "peft_first_unit":    ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed"),
     "peft_lora_ranks":    ((8,), (2, 8, 32), (2, 4, 8, 16, 32)),
+    "verdict_seeds":      (2, 3, 3),
     # notebooks 07-09 and the mfmda pipeline (rows go here)
     "ddpm_image_size":        (64, 64, 128),
     "ddpm_base_channels":     (32, 32, 64),
