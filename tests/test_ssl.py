@@ -231,6 +231,27 @@ def test_teacher_entropy_detects_both_collapses():
     assert h_sample < 1e-3 and h_mean == pytest.approx(math.log(8), rel=1e-3)  # sharp and spread: healthy
 
 
+def test_collapse_check_reads_the_last_epoch():
+    from mfmda_lib.ssl import collapse_check
+
+    log_k = math.log(256)
+    assert "uniform" in collapse_check({"teacher_entropy": [[1.0, 5.0], [5.5, 5.54]], "log_k": log_k})
+    assert "one prototype" in collapse_check({"teacher_entropy": [[1.0, 5.0], [0.01, 0.02]], "log_k": log_k})
+    assert "no collapse" in collapse_check({"teacher_entropy": [[5.5, 5.5], [1.0, 5.0]], "log_k": log_k})
+
+
+def test_dino_head_fixes_the_prototype_norms_at_one_as_norm_last_layer():
+    from mfmda_lib.ssl.dino import DINOHead
+
+    head = DINOHead(32, DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8))
+    g = head.last_layer.parametrizations.weight.original0
+    assert torch.equal(g, torch.ones(16, 1)) and not g.requires_grad
+    assert torch.allclose(head.last_layer.weight.norm(dim=1), torch.ones(16))  # logits are cosines
+    assert head(torch.randn(3, 32)).abs().max() <= 1 + 1e-5
+    free = DINOHead(32, DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False))
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
 def test_warmup_cosine_schedule():
     f = warmup_cosine(100, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)

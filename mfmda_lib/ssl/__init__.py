@@ -24,7 +24,8 @@ from .experiment import (ENCODER_LR_GRID, METHODS, TASK_SCORES, LRSelection, SSL
                          to_uint8, validation_samples, vit_config, warmup_cosine)
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
 from .pool import pool_domains, unlabelled_pool
-from .verdict import model_comparison, smallest_budget_comparison, takeaways, vcdr_reference_comparison, verdict
+from .verdict import (collapse_check, model_comparison, smallest_budget_comparison, takeaways, vcdr_reference_comparison,
+                      verdict)
 from .vit import ViTConfig, ViTEncoder, load_encoder, patchify, save_encoder, standardize_images, unpatchify
 
 __all__ = [
@@ -38,5 +39,5 @@ __all__ = [
     "METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
     "ENCODER_LR_GRID", "LRSelection", "validation_samples", "select_encoder_lr",
     "run_label_budgets", "label_mean_vcdr", "label_mean_rows", "smallest_budget_comparison", "verdict",
-    "model_comparison", "vcdr_reference_comparison", "takeaways", "to_uint8", "vit_config",
+    "model_comparison", "vcdr_reference_comparison", "collapse_check", "takeaways", "to_uint8", "vit_config",
 ]

@@ -55,6 +55,10 @@ class DINOConfig:
         out_dim: prototypes ``K`` of the softmax output.
         hidden_dim: width of the projection MLP.
         bottleneck_dim: width before the weight-normalised last layer.
+        norm_last_layer: fix the norm ``g`` of every row of the weight-normalised last layer at 1 and do
+            not train it (DINO's default ``--norm_last_layer True``): logits are then cosines of the
+            bottleneck with the prototypes. A trainable ``g`` can shrink every logit to 0: a uniform
+            output that centering cannot undo.
         student_temp: ``tau_s``.
         teacher_temp: ``tau_t`` (lower: sharper teacher targets).
         center_momentum: ``m`` of the centre's running mean (Eq. 4).
@@ -76,6 +80,7 @@ class DINOConfig:
     out_dim: int = 256
     hidden_dim: int = 256
     bottleneck_dim: int = 64
+    norm_last_layer: bool = True
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
@@ -244,7 +249,8 @@ def teacher_entropy(teacher_out: torch.Tensor, center: torch.Tensor, teacher_tem
 # ---------------------------------------------------------------------------------------------
 
 class DINOHead(nn.Module):
-    """Projection head: MLP, L2-normalised bottleneck, weight-normalised linear layer to ``K`` logits."""
+    """Projection head: MLP, L2-normalised bottleneck, weight-normalised linear layer to ``K`` logits
+    (its row norms fixed at 1 with ``norm_last_layer``, as DINO's default)."""
 
     def __init__(self, in_dim: int, config: DINOConfig) -> None:
         super().__init__()
@@ -252,6 +258,10 @@ class DINOHead(nn.Module):
                                  nn.Linear(config.hidden_dim, config.bottleneck_dim))
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(config.bottleneck_dim, config.out_dim,
                                                                           bias=False))
+        g = self.last_layer.parametrizations.weight.original0  # (K, 1): the norm of each prototype row
+        with torch.no_grad():
+            g.fill_(1.0)  # as DINO's DINOHead: weight_g.data.fill_(1)
+        g.requires_grad_(not config.norm_last_layer)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` -> ``(B, K)``."""

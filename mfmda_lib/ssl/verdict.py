@@ -13,6 +13,7 @@ pretrained once (one pretraining seed), so the interval does not cover pretraini
 * :func:`verdict`: the sentences, task by task;
 * :func:`model_comparison`: any two runs (``protocol/init``) against each other, e.g. LoRA vs fine-tuning;
 * :func:`vcdr_reference_comparison`: every vCDR head against the constant that predicts the labels' mean;
+* :func:`collapse_check`: whether DINO's teacher ended collapsed, read from its entropies;
 * :func:`takeaways`: the other numbers the notebook's take-aways quote.
 """
 from __future__ import annotations
@@ -27,7 +28,11 @@ from ..evaluation import stats
 from .experiment import TASK_SCORES, LRSelection, SSLBenchmark, _signed
 
 __all__ = ["score_spec", "smallest_budget_comparison", "verdict", "model_comparison", "vcdr_reference_comparison",
-           "takeaways"]
+           "collapse_check", "takeaways"]
+
+#: Teacher entropies within this share of ``log K`` of a bound count as collapsed (uniform: near ``log K``;
+#: one prototype: near 0).
+COLLAPSE_MARGIN = 0.05
 
 #: Resamples of every interval of this module.
 N_RESAMPLES = 2000
@@ -187,6 +192,21 @@ def vcdr_reference_comparison(result: SSLBenchmark, reference_rows: Sequence[dic
     return table
 
 
+def collapse_check(info: dict) -> str:
+    """A sentence on DINO's last epoch, from ``info["teacher_entropy"]`` and ``info["log_k"]``
+    (:func:`~mfmda_lib.ssl.experiment.pretrained_encoder`): collapsed to a uniform output (every target
+    near ``log K``), to one prototype (the batch's mean target near 0), or neither."""
+    h_sample, h_mean = info["teacher_entropy"][-1]
+    log_k = info["log_k"]
+    said = (f"DINO's teacher targets in its last epoch: entropy per image {h_sample:.2f}, of the mean "
+            f"{h_mean:.2f}, log K = {log_k:.2f}")
+    if h_sample > (1 - COLLAPSE_MARGIN) * log_k:
+        return said + ": collapsed to a uniform output (every image gets the same flat target)."
+    if h_mean < COLLAPSE_MARGIN * log_k:
+        return said + ": collapsed to one prototype (every image gets the same sharp target)."
+    return said + ": no collapse (sharp per image, spread over the batch)."
+
+
 def takeaways(result: SSLBenchmark, comparison: pd.DataFrame, reference: pd.DataFrame, selection: LRSelection,
               pretraining: dict[str, dict]) -> list[str]:
     """The numbers behind notebook 02's take-aways, as sentences computed from this run.
@@ -215,4 +235,6 @@ def takeaways(result: SSLBenchmark, comparison: pd.DataFrame, reference: pd.Data
         f"{m} {info['steps']} steps in {info['seconds']:.0f} s" + ("" if info.get("trained") else " (when it was "
                                                                    "trained; loaded from the cache now)")
         for m, info in pretraining.items()) + ".")
+    if "teacher_entropy" in pretraining.get("dino", {}):
+        lines.append(collapse_check(pretraining["dino"]))
     return lines
