@@ -67,13 +67,14 @@ class Profile:
         tta_batch_size: test images per adaptation batch (notebook 06).
         tta_views: augmented views per test image (MEMO: 64 in its authors' ImageNet runs) and per
             test batch (the mean teacher; CoTTA: 32) in notebook 06.
-        verdict_seeds: seeds (source models trained from scratch, each with its own random draws)
-            that every comparison of notebook 06 and its verdicts rest on (>= 3 outside ``ci``).
+        verdict_seeds: training seeds (``seed``, ``seed + 1``, ...) that every computed verdict rests on
+            (notebooks 03-06: source models or adapters trained from scratch, each with its own random draws);
+            each verdict reports a 95% interval over seeds and test images (>= 3 outside ``ci``).
         ssl_image_size: image side for self-supervised pretraining of the small ViT (notebook 02).
         ssl_pool_per_domain: unlabelled ``train`` images per domain in the pretraining pool (notebook 02).
         ssl_mae_steps: optimisation steps of MAE pretraining.
-        ssl_dino_steps: optimisation steps of DINO pretraining (each costs ~4 MAE steps: two full views,
-            student and teacher).
+        ssl_dino_steps: optimisation steps of DINO pretraining (each costs several MAE steps: two global views
+            through student and teacher, and the student's small local crops).
         ssl_batch_size: images per self-supervised step.
         ssl_label_draws: draws of labelled images at the smallest label budget (results are averaged).
         ssl_downstream_steps: optimisation steps of each notebook-02 probe / fine-tuning run (whatever the budget).
@@ -248,7 +249,7 @@ SIZES: dict[str, tuple] = {
     "encoder_batch_size": (2, 4, 32, 16),
     "seed":               (0, 0, 0, 0),
     # notebooks 05-06
-    "adapter_epochs":     (2, 6, 40, 20),
+    "adapter_epochs":     (2, 4, 40, 20),
     "adapter_batch_size": (4, 8, 16, 16),
     "lora_train_images":  (2, 8, 200, 40),
     "lora_epochs":        (1, 2, 10, 3),
@@ -262,7 +263,7 @@ SIZES: dict[str, tuple] = {
     "ssl_image_size":     (64, 64, 128, 64),
     "ssl_pool_per_domain": (8, 256, 1000, 160),
     "ssl_mae_steps":      (8, 4000, 8000, 4000),
-    "ssl_dino_steps":     (4, 300, 4000, 600),
+    "ssl_dino_steps":     (4, 250, 4000, 600),
     "ssl_batch_size":     (8, 32, 128, 32),
     "ssl_label_draws":    (2, 8, 8, 4),
     "ssl_downstream_steps": (1, 150, 250, 150),
@@ -273,9 +274,9 @@ SIZES: dict[str, tuple] = {
     "ft_val_images":      (1, 4, 40, 8),
     "ft_eval_per_domain": (1, 6, 100, 16),
     "ft_batch_size":      (2, 1, 16, 4),
-    "ft_epochs":          (1, 12, 30, 15),
+    "ft_epochs":          (1, 8, 30, 15),
     "ft_first_unit":      ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed", "layers.2.blocks.0"),
-    "peft_epochs":        (1, 3, 10, 8),
+    "peft_epochs":        (1, 2, 10, 8),
     "peft_probe_epochs":  (1, 40, 100, 60),
     "peft_first_unit":    ("layers.3.blocks.1", "layers.3.blocks.0", "patch_embed", "layers.2.blocks.0"),
     "peft_lora_ranks":    ((8,), (2, 8, 32), (2, 4, 8, 16, 32), (2, 8, 32)),

@@ -10,6 +10,7 @@ from mfmda_lib.data import FundusSample
 from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
                            budget_subset, camera_jitter, ema_update, evaluate, label_mean_vcdr, load_encoder,
+                           local_crop_side, multi_crop,
                            masked_reconstruction_loss, patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
                            run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy, trainable_share,
                            train_downstream, unlabelled_pool, unpatchify, update_center, validation_samples, verdict,
@@ -100,6 +101,48 @@ def test_dino_teacher_gets_no_gradient_and_follows_student():
     assert torch.allclose(dino.teacher.encoder.cls_token, m * before + (1 - m) * dino.student.encoder.cls_token)
 
 
+def test_multi_crop_local_views_reach_the_student_only():
+    """DINO's multi-crop (main_dino.py): 2 global views to teacher and student, small local views to the student."""
+    cfg = DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8, local_crops_number=3)
+    assert local_crop_side(32, 8, cfg.local_crop_fraction) == 16 and local_crop_side(224, 16, 96 / 224) == 96
+    global_views, local_views = multi_crop(torch.randn(4, 3, 32, 32), cfg, torch.Generator().manual_seed(0), 8)
+    assert [v.shape for v in global_views] == [(4, 3, 32, 32)] * 2 and [v.shape for v in local_views] == [(4, 3, 16, 16)] * 3
+    dino = DINO(ViTEncoder(TINY), cfg, total_steps=10)
+    seen = {"student": [], "teacher": []}
+    for name in seen:
+        getattr(dino, name).encoder.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(
+            tuple(args[0].shape)))
+    dino(torch.randn(4, 3, 32, 32), torch.Generator().manual_seed(0))
+    assert seen["teacher"] == [(8, 3, 32, 32)]  # the two global views, in one batch
+    assert seen["student"] == [(8, 3, 32, 32), (12, 3, 16, 16)]  # + the three local views, one pass per resolution
+    off = DINO(ViTEncoder(TINY), DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8, local_crops_number=0))
+    assert len(multi_crop(torch.randn(2, 3, 32, 32), off.config, torch.Generator(), 8)[1]) == 0
+    with pytest.raises(ValueError, match="local_crops_scale"):
+        DINOConfig(local_crops_scale=(0.5, 0.1))
+
+
+def test_dino_loss_matches_every_student_view_with_every_other_teacher_view():
+    g = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(3, 5, generator=g) for _ in range(2)]
+    student = [torch.randn(3, 5, generator=g) for _ in range(2 + 4)]
+    center = torch.zeros(1, 5)
+    terms = [(-torch.softmax(t / 0.04, -1) * torch.log_softmax(s / 0.1, -1)).sum(-1).mean()
+             for i, t in enumerate(teacher) for j, s in enumerate(student) if i != j]
+    assert len(terms) == 2 * (2 + 4) - 2  # as DINOLoss: n_loss_terms
+    assert dino_loss(student, teacher, center, 0.1, 0.04) == pytest.approx(float(torch.stack(terms).mean()))
+
+
+def test_encoder_reads_a_smaller_crop_with_an_interpolated_positional_embedding():
+    enc = ViTEncoder(TINY).eval()  # 32 px, 8 px patches: a 4 x 4 grid
+    assert torch.equal(enc.pos_embed_for(4), enc.pos_embed)
+    assert enc.pos_embed_for(2).shape == (4, TINY.dim)
+    assert enc(torch.randn(2, 3, 16, 16), any_size=True).shape == (2, 1 + 4, TINY.dim)
+    with pytest.raises(ValueError, match="expects 32 px"):
+        enc(torch.randn(1, 3, 16, 16))  # the default stays strict
+    with pytest.raises(ValueError, match="multiple of 8"):
+        enc(torch.randn(1, 3, 12, 12), any_size=True)
+
+
 def test_downstream_heads_shapes_and_probe_freezes_encoder():
     enc = ViTEncoder(TINY)
     x = torch.randn(2, 3, 32, 32)
@@ -188,6 +231,27 @@ def test_teacher_entropy_detects_both_collapses():
     assert h_sample < 1e-3 and h_mean == pytest.approx(math.log(8), rel=1e-3)  # sharp and spread: healthy
 
 
+def test_collapse_check_reads_the_last_epoch():
+    from mfmda_lib.ssl import collapse_check
+
+    log_k = math.log(256)
+    assert "uniform" in collapse_check({"teacher_entropy": [[1.0, 5.0], [5.5, 5.54]], "log_k": log_k})
+    assert "one prototype" in collapse_check({"teacher_entropy": [[1.0, 5.0], [0.01, 0.02]], "log_k": log_k})
+    assert "no collapse" in collapse_check({"teacher_entropy": [[5.5, 5.5], [1.0, 5.0]], "log_k": log_k})
+
+
+def test_dino_head_fixes_the_prototype_norms_at_one_as_norm_last_layer():
+    from mfmda_lib.ssl.dino import DINOHead
+
+    head = DINOHead(32, DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8))
+    g = head.last_layer.parametrizations.weight.original0
+    assert torch.equal(g, torch.ones(16, 1)) and not g.requires_grad
+    assert torch.allclose(head.last_layer.weight.norm(dim=1), torch.ones(16))  # logits are cosines
+    assert head(torch.randn(3, 32)).abs().max() <= 1 + 1e-5
+    free = DINOHead(32, DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False))
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
 def test_warmup_cosine_schedule():
     f = warmup_cosine(100, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
@@ -234,30 +298,44 @@ def test_pretrained_encoder_trains_once_then_loads(tiny_profile, one_torch_threa
 # the verdict is computed from the numbers
 # ---------------------------------------------------------------------------------------------
 
-def _fake_rows(target_disc: dict[str, list[float]]) -> list[dict]:
+def _fake_rows(target_disc: dict[str, list[float]], n_images: int = 6) -> list[dict]:
+    """Segmentation rows (disc = cup * 2) and vCDR rows per init and draw; image i of a hospital adds 0.01 * i."""
     rows = []
     for init, per_draw in target_disc.items():
         for draw, value in enumerate(per_draw):
             for domain, dice in (("refuge_train", 0.9), ("riga_messidor", value)):
-                for i in range(2):
+                for i in range(n_images):
                     base = {"protocol": "finetune", "budget": 0.1, "init": init, "draw": draw, "domain": domain,
                             "sample_id": f"{domain}{i}", "n_labels": 4}
-                    rows.append({**base, "task": "segmentation", "disc_dice": dice, "cup_dice": dice / 2})
+                    rows.append({**base, "task": "segmentation", "disc_dice": dice + 0.01 * i,
+                                 "cup_dice": (dice + 0.01 * i) / 2})
+                    suspect = i % 2
+                    pred = 0.5 + (0.1 if suspect else -0.1) * (1 if init == "mae" else -1) + 0.001 * i  # mae ranks
+                    rows.append({**base, "task": "vcdr", "vcdr_pred": pred, "vcdr_abs_err": 0.1, "suspect": suspect})
     return rows
 
 
-def test_verdict_needs_a_win_on_average_and_in_most_draws():
-    rows = _fake_rows({"random": [0.5, 0.5, 0.5], "mae": [0.6, 0.6, 0.4], "dino": [0.9, 0.4, 0.4]})
+def test_verdict_says_better_only_when_the_interval_of_the_paired_gain_excludes_zero():
+    # mae wins every draw; dino wins on average (+0.067) but in one draw only: its interval includes 0
+    rows = _fake_rows({"random": [0.5, 0.5, 0.5], "mae": [0.6, 0.58, 0.55], "dino": [0.9, 0.4, 0.4]})
     per_draw = _per_draw(rows)
     table = per_draw.groupby(level=["protocol", "budget", "init"]).mean()
     result = SSLBenchmark(rows, per_draw, table, table, {"draws_at_smallest_budget": 3})
     cmp = smallest_budget_comparison(result)
-    assert tuple(cmp.loc[("finetune", "mae", "target_disc_dice"), ["wins", "draws"]]) == (2, 3)
-    assert cmp.loc[("finetune", "dino", "target_disc_dice"), "gain"] == pytest.approx(0.0667, abs=1e-3)
-    lines = verdict(result)
-    assert any("| mae: BEATS" in line for line in lines)  # better on average and in 2 of 3 draws
-    assert any("| dino: does not beat" in line for line in lines)  # better on average, but in 1 of 3 draws only
-    assert lines[-1] == "=> segmentation: pretraining beats random initialisation at the smallest budget: mae (finetune)."
+    mae, dino = cmp.loc[("finetune", "mae", "target_disc_dice")], cmp.loc[("finetune", "dino", "target_disc_dice")]
+    assert (mae.wins, mae.draws, mae.images) == (3, 3, 6) and mae.gain == pytest.approx(0.0767, abs=1e-3)
+    assert mae.verdict == "better" and 0 < mae.gain_lo < mae.gain < mae.gain_hi
+    assert dino.gain == pytest.approx(0.0667, abs=1e-3) and dino.wins == 1
+    assert dino.verdict == "no difference measured" and dino.gain_lo < 0 < dino.gain_hi
+    # vCDR: the same error (no difference); mae ranks suspects perfectly and random inversely: AUROC 1 vs 0
+    assert cmp.loc[("finetune", "mae", "target_vcdr_abs_err"), "verdict"] == "no difference measured"
+    auroc = cmp.loc[("finetune", "mae", "suspect_auroc")]
+    assert auroc.gain == pytest.approx(1.0) and auroc.verdict == "better"
+    lines = verdict(result, comparison=cmp)
+    assert any("segmentation | finetune | mae: BEATS" in line for line in lines)
+    assert any("segmentation | finetune | dino: does not beat" in line for line in lines)
+    assert "=> segmentation: pretraining beats random initialisation at the smallest budget: mae (finetune)." in lines
+    assert any("vcdr | finetune | mae: does not beat" in line for line in lines)  # the error is not better
 
 
 def test_layer_decay_groups_and_cached_linear_probe():

@@ -64,6 +64,8 @@ def test_gap_closed_is_the_share_of_the_baseline_to_oracle_gap():
     assert share == pytest.approx(0.25) and lo <= 0.25 <= hi
     assert stats.gap_closed(rows, "dice", "worse", "so", "oracle")[0] == pytest.approx(-0.25)
     assert np.isnan(stats.gap_closed(rows, "dice", "m", "oracle", "so")[0])  # no gap to close
+
+
 def test_comparison_table_runs_each_spec_on_its_subset():
     rng = np.random.default_rng(3)
     b = rng.uniform(0.3, 0.9, size=(3, 20))
@@ -90,3 +92,34 @@ def test_group_difference_resamples_each_group_on_its_own():
     assert stats.verdict_word(same[1], same[2]) == stats.NO_DIFFERENCE
     assert stats.group_difference(a, b, n_resamples=500) == (d, lo, hi)  # seeded
     assert np.isnan(stats.group_difference(a, [np.nan])[0])
+
+
+def test_seed_auroc_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=40)
+    scores = rng.normal(size=(3, 40)) + 2 * labels  # informative
+    scores[0, :5] = 0.25  # ties
+    expected = [roc_auc_score(labels, s) for s in scores]
+    assert stats.seed_auroc(scores, labels) == pytest.approx(expected)
+    assert np.isnan(stats.seed_auroc(scores, np.zeros(40))).all()  # one class: undefined
+    rows = [{"method": m, "seed": s, "domain": "d", "sample_id": f"i{j}", "pred": float(v), "y": int(labels[j])}
+            for m, x in (("good", scores), ("blind", rng.normal(size=(3, 40)))) for s in range(3)
+            for j, v in enumerate(x[s])]
+    c = stats.compare_auroc(rows, "pred", "y", "good", "blind")
+    assert c.verdict == "better" and c.n_seeds == 3 and c.n_images == 40 and c.low < c.diff < c.high
+    assert c.diff == pytest.approx(np.mean(expected) - np.mean(stats.seed_auroc(
+        np.array([[r["pred"] for r in rows if r["method"] == "blind" and r["seed"] == s] for s in range(3)]), labels)))
+    assert stats.compare_auroc(rows, "pred", "y", "good", "good").verdict == stats.NO_DIFFERENCE
+
+
+def test_compare_table_flips_the_direction_of_errors():
+    b = np.random.default_rng(4).uniform(0.3, 0.9, size=(3, 30))
+    rows = [{**r, "err": 1 - r["dice"]} for r in _rows("a", b + 0.05) + _rows("b", b)]
+    t = stats.compare_table(rows, ["dice", "err"], [("a", "b")], lower_is_better=["err"])
+    assert t.loc[("a", "b", "dice"), "verdict"] == "better" and t.loc[("a", "b", "err"), "verdict"] == "better"
+    assert t.loc[("a", "b", "err"), "diff"] == pytest.approx(-0.05) and t.loc[("a", "b", "dice"), "n_seeds"] == 3
+    from mfmda_lib.evaluation import format_table
+
+    assert "| better |" in " ".join(format_table(t).split())  # a word column goes into the Markdown table as is

@@ -348,7 +348,11 @@ def _table_metrics(df: pd.DataFrame) -> list[str]:
 
 
 def _cell(mean: float, std: float, digits: int) -> str:
-    """``"0.912 ± 0.031"``; ``"n/a"`` for a missing mean; the mean alone for a missing std."""
+    """``"0.912 ± 0.031"``; ``"n/a"`` for a missing mean; the mean alone for a missing std; words as they are."""
+    if isinstance(mean, str):  # e.g. a verdict column ("better", "no difference measured")
+        return mean
+    if isinstance(mean, (int, np.integer)) and not isinstance(mean, bool):  # counts: seeds, images
+        return str(mean)
     if pd.isna(mean):
         return "n/a"
     if pd.isna(std):

@@ -9,6 +9,15 @@ moving average of the student's (Sec. 3.1, "Teacher network"), and collapse is a
 *centering* the teacher's output with a running mean ``c`` and *sharpening* it with a low
 temperature (Sec. 3.1, "Avoiding collapse"; Eq. 4 for the centre update).
 
+**Multi-crop** (Sec. 3.1 and the authors' ``main_dino.py``): each image gives two *global* views
+(random resized crops over ``crop_scale`` of the area, at full resolution) and several small
+*local* views (``local_crops_scale`` of the area, resized to ``local_crop_fraction`` of the side:
+96 px for 224 px images in the paper). All views go through the student; only the two global
+views go through the teacher, so the student learns to predict, from a small part of the eye, what
+the teacher says about the whole ("local-to-global" correspondence). The encoder reads a local
+crop with its positional embedding interpolated to the crop's smaller grid
+(:meth:`ViTEncoder.pos_embed_for`), as DINO's ``interpolate_pos_encoding`` does.
+
 What DINO learns to ignore is what its augmentations change. The paper's colour jitter (a gain
 and an offset per channel) is a no-op for an encoder that standardises each image per channel
 (:attr:`ViTConfig.standardize_input`), so the views here differ by what a camera changes and
@@ -30,8 +39,8 @@ from torch.nn import functional as F
 
 from .vit import ViTEncoder
 
-__all__ = ["DINOConfig", "DINO", "DINOHead", "random_view", "camera_jitter", "two_views", "ema_update",
-           "update_center", "dino_loss", "teacher_entropy"]
+__all__ = ["DINOConfig", "DINO", "DINOHead", "random_view", "camera_jitter", "local_crop_side", "multi_crop",
+           "ema_update", "update_center", "dino_loss", "teacher_entropy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,12 +55,21 @@ class DINOConfig:
         out_dim: prototypes ``K`` of the softmax output.
         hidden_dim: width of the projection MLP.
         bottleneck_dim: width before the weight-normalised last layer.
+        norm_last_layer: fix the norm ``g`` of every row of the weight-normalised last layer at 1 and do
+            not train it (DINO's default ``--norm_last_layer True``): logits are then cosines of the
+            bottleneck with the prototypes. A trainable ``g`` can shrink every logit to 0: a uniform
+            output that centering cannot undo.
         student_temp: ``tau_s``.
         teacher_temp: ``tau_t`` (lower: sharper teacher targets).
         center_momentum: ``m`` of the centre's running mean (Eq. 4).
         ema_momentum: ``lambda`` of the teacher's EMA of the student, at the start of training;
             raised to 1 along a cosine schedule as in the paper.
-        crop_scale: range of the area fraction of the random resized crops.
+        crop_scale: range of the area fraction of the two global crops (DINO's ``global_crops_scale``).
+        local_crops_number: small local crops per image, seen by the student only (DINO: 8; 0 turns
+            multi-crop off).
+        local_crops_scale: range of the area fraction of the local crops (DINO's ``local_crops_scale``).
+        local_crop_fraction: side of a local crop relative to the image side (DINO: 96 / 224), rounded
+            to a whole number of patches (at least one).
         gamma_jitter: per-channel gamma drawn log-uniformly in ``exp(+-gamma_jitter)`` (0: none).
         blur_sigma: largest Gaussian blur of a view, in pixels (0: none).
         noise_sigma: largest sensor noise of a view, in pixel units of [0, 1] (0: none).
@@ -62,11 +80,15 @@ class DINOConfig:
     out_dim: int = 256
     hidden_dim: int = 256
     bottleneck_dim: int = 64
+    norm_last_layer: bool = True
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
     ema_momentum: float = 0.99
     crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    local_crop_fraction: float = 96 / 224
     gamma_jitter: float = 0.4
     blur_sigma: float = 1.2
     noise_sigma: float = 0.02
@@ -79,9 +101,13 @@ class DINOConfig:
         for name in ("center_momentum", "ema_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        for name in ("crop_scale", "local_crops_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must satisfy 0 < lo <= hi <= 1, got {getattr(self, name)}")
+        if self.local_crops_number < 0 or not 0 < self.local_crop_fraction <= 1:
+            raise ValueError(f"local_crops_number must be >= 0 and local_crop_fraction in (0, 1], got "
+                             f"{self.local_crops_number}, {self.local_crop_fraction}")
         if min(self.gamma_jitter, self.blur_sigma, self.noise_sigma) < 0:
             raise ValueError("gamma_jitter, blur_sigma and noise_sigma must be >= 0")
 
@@ -90,9 +116,11 @@ class DINOConfig:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def random_view(x: torch.Tensor, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
-    """One random resized square crop and horizontal flip per image: ``(B, 3, S, S)`` -> same shape."""
-    b = len(x)
+def random_view(x: torch.Tensor, scale: tuple[float, float], g: torch.Generator, size: int | None = None
+                ) -> torch.Tensor:
+    """One random resized square crop and horizontal flip per image: ``(B, 3, S, S)`` -> ``(B, 3, size, size)``
+    (``size`` defaults to ``S``)."""
+    b, size = len(x), size or x.shape[-1]
     area = torch.empty(b).uniform_(*scale, generator=g)  # (B,) area fraction of the crop
     side = area.sqrt()  # square crops
     cx = (torch.rand(b, generator=g) * 2 - 1) * (1 - side)  # crop centre stays inside the image
@@ -101,7 +129,7 @@ def random_view(x: torch.Tensor, scale: tuple[float, float], g: torch.Generator)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = side * flip, side
     theta[:, 0, 2], theta[:, 1, 2] = cx, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, S, S, 2)
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)  # (B, size, size, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -137,10 +165,26 @@ def camera_jitter(x: torch.Tensor, config: "DINOConfig", g: torch.Generator) -> 
     return (pixels - PIXEL_MEAN) / PIXEL_STD
 
 
-def two_views(x: torch.Tensor, config: DINOConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent augmentations of a batch ``(B, 3, S, S)`` (DINO's two global crops)."""
-    return tuple(camera_jitter(random_view(x, config.crop_scale, generator), config, generator)  # type: ignore
-                 for _ in range(2))
+def local_crop_side(image_size: int, patch_size: int, fraction: float) -> int:
+    """Side of a local crop: ``fraction`` of ``image_size``, rounded to whole patches (at least one)."""
+    return patch_size * max(1, round(fraction * image_size / patch_size))
+
+
+def multi_crop(x: torch.Tensor, config: DINOConfig, generator: torch.Generator, patch_size: int
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DINO's multi-crop of a batch ``(B, 3, S, S)``: ``(global_views, local_views)``.
+
+    Two global views ``(B, 3, S, S)`` over ``crop_scale`` and ``local_crops_number`` local views
+    ``(B, 3, s, s)`` over ``local_crops_scale`` (``s``: :func:`local_crop_side`); each view gets its
+    own crop, flip and :func:`camera_jitter`.
+    """
+    side = local_crop_side(x.shape[-1], patch_size, config.local_crop_fraction)
+
+    def view(scale, size=None):
+        return camera_jitter(random_view(x, scale, generator, size), config, generator)
+
+    return ([view(config.crop_scale) for _ in range(2)],
+            [view(config.local_crops_scale, side) for _ in range(config.local_crops_number)])
 
 
 @torch.no_grad()
@@ -161,8 +205,13 @@ def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], 
     """Eq. 1 over all pairs of different views: ``- sum P_t(x') log P_s(x)``, averaged.
 
     Args:
-        student_out, teacher_out: one ``(B, K)`` logit tensor per view.
+        student_out: one ``(B, K)`` logit tensor per view the student saw: the global views first,
+            in the teacher's order, then the local views.
+        teacher_out: one ``(B, K)`` logit tensor per global view.
         center: ``(1, K)``, subtracted from the teacher's logits before its sharp softmax.
+
+    Every student view is matched with every teacher view but its own (a global view is never
+    matched with itself): ``2 * (2 + n_local) - 2`` terms, as in DINO's ``DINOLoss``.
     """
     targets = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher_out]  # centre + sharpen
     log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
@@ -200,7 +249,8 @@ def teacher_entropy(teacher_out: torch.Tensor, center: torch.Tensor, teacher_tem
 # ---------------------------------------------------------------------------------------------
 
 class DINOHead(nn.Module):
-    """Projection head: MLP, L2-normalised bottleneck, weight-normalised linear layer to ``K`` logits."""
+    """Projection head: MLP, L2-normalised bottleneck, weight-normalised linear layer to ``K`` logits
+    (its row norms fixed at 1 with ``norm_last_layer``, as DINO's default)."""
 
     def __init__(self, in_dim: int, config: DINOConfig) -> None:
         super().__init__()
@@ -208,6 +258,10 @@ class DINOHead(nn.Module):
                                  nn.Linear(config.hidden_dim, config.bottleneck_dim))
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(config.bottleneck_dim, config.out_dim,
                                                                           bias=False))
+        g = self.last_layer.parametrizations.weight.original0  # (K, 1): the norm of each prototype row
+        with torch.no_grad():
+            g.fill_(1.0)  # as DINO's DINOHead: weight_g.data.fill_(1)
+        g.requires_grad_(not config.norm_last_layer)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` -> ``(B, K)``."""
@@ -222,13 +276,14 @@ class _Branch(nn.Module):
         self.encoder, self.head = encoder, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)[:, 0])  # (B, K)
+        return self.head(self.encoder(x, any_size=True)[:, 0])  # (B, K)
 
 
 class DINO(nn.Module):
     """Student and EMA teacher around ``encoder`` (the student's encoder: pretrained weights live there).
 
-    ``loss = dino(x, generator)`` draws two views, runs both networks, records the teacher's
+    ``loss = dino(x, generator)`` draws the multi-crop views (:func:`multi_crop`), runs the student on
+    all of them and the teacher on the two global ones, records the teacher's
     :func:`teacher_entropy` in ``dino.entropy`` and updates the centre;
     call :meth:`update_teacher` after every optimizer step (or let :meth:`forward` do it for the
     previous step, as :func:`mfmda_lib.train.fit` has no after-step hook: ``lazy_teacher=True``).
@@ -263,15 +318,18 @@ class DINO(nn.Module):
         self.step += 1
 
     def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``x (B, 3, S, S)`` -> scalar DINO loss over its two views."""
+        """``x (B, 3, S, S)`` -> scalar DINO loss over its multi-crop views."""
         if self.lazy_teacher and self.training and int(self.step) > 0:
             self.update_teacher()  # the student has changed since the last call
         elif self.lazy_teacher and self.training:
             self.step += 1
-        views = two_views(x, self.config, generator)
-        student_out = [self.student(v) for v in views]
+        global_views, local_views = multi_crop(x, self.config, generator, self.encoder.config.patch_size)
+        # one forward pass per resolution, as DINO's MultiCropWrapper does (no batch statistics in a ViT)
+        student_out = list(self.student(torch.cat(global_views)).chunk(len(global_views)))
+        if local_views:
+            student_out += list(self.student(torch.cat(local_views)).chunk(len(local_views)))
         with torch.no_grad():
-            teacher_out = [self.teacher(v) for v in views]
+            teacher_out = list(self.teacher(torch.cat(global_views)).chunk(len(global_views)))
         loss = dino_loss(student_out, teacher_out, self.center, self.config.student_temp, self.config.teacher_temp)
         self.entropy = teacher_entropy(torch.cat(teacher_out), self.center, self.config.teacher_temp)
         if self.training:

@@ -10,8 +10,8 @@ hospital's labelled images, from each encoder, with the same recipe for every en
 scores it on every hospital's test split; the smallest budget is repeated over several draws of
 its few labelled images. :func:`select_encoder_lr` first gives each encoder its own fine-tuning
 learning rate, chosen on validation images of another random stream, never on the test split.
-:func:`verdict` turns the smallest budget's numbers into sentences; :func:`label_mean_vcdr` is the
-constant predictor that every vCDR head must beat.
+:func:`label_mean_vcdr` is the constant predictor that every vCDR head must beat; :mod:`.verdict`
+turns the smallest budget's numbers into sentences with intervals.
 Every size comes from the :class:`~mfmda_lib.profiles.Profile`.
 """
 from __future__ import annotations
@@ -42,8 +42,7 @@ from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
 __all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
            "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples",
-           "LRSelection", "select_encoder_lr", "run_label_budgets", "label_mean_vcdr", "smallest_budget_comparison",
-           "verdict"]
+           "LRSelection", "select_encoder_lr", "run_label_budgets", "label_mean_vcdr", "label_mean_rows"]
 
 #: Self-supervised methods and their config classes.
 METHODS = {"mae": MAEConfig, "dino": DINOConfig}
@@ -417,86 +416,27 @@ def label_mean_vcdr(profile: Profile, *, draws: int | None = None, config: Downs
         One row per draw: ``label_mean`` (the constant), ``source_vcdr_abs_err`` and
         ``target_vcdr_abs_err`` (macro-averaged over hospitals, as in :class:`SSLBenchmark`).
     """
+    rows = label_mean_rows(profile, draws=draws, config=config)
+    constants = {r["draw"]: r["vcdr_pred"] for r in rows}
+    table = _per_draw(rows).droplevel(["protocol", "budget", "init"])  # averaged exactly as the heads' scores
+    return table[["source_vcdr_abs_err", "target_vcdr_abs_err"]].assign(label_mean=pd.Series(constants))
+
+
+def label_mean_rows(profile: Profile, *, draws: int | None = None, config: DownstreamConfig | None = None
+                    ) -> list[dict]:
+    """The per-image rows behind :func:`label_mean_vcdr` (``protocol="constant"``, ``init="label_mean"``),
+    shaped like :attr:`SSLBenchmark.rows`, so that a head can be compared with the constant image by image."""
     from ..experiments import benchmark_samples
 
     config = config or DownstreamConfig()
     draws = profile.ssl_label_draws if draws is None else draws
     source, _, _ = _labelled_source(profile, config)
     test = benchmark_samples(profile, "test", profile.eval_per_domain)
-    budget, constants, rows = min(LABEL_BUDGETS), {}, []
+    budget, rows = min(LABEL_BUDGETS), []
     for draw in range(draws):
         train, _ = _drawn_labels(profile, source, budget, draw, config)
-        constants[draw] = float(np.mean([s.vcdr for s in train]))
+        constant = float(np.mean([s.vcdr for s in train]))
         rows += [{"task": "vcdr", "protocol": "constant", "budget": budget, "init": "label_mean", "draw": draw,
-                  "domain": s.domain, "vcdr_abs_err": abs(s.vcdr - constants[draw]), "vcdr_pred": constants[draw],
-                  "suspect": int(s.vcdr >= GLAUCOMA_SUSPECT_VCDR)} for s in test]
-    table = _per_draw(rows).droplevel(["protocol", "budget", "init"])  # averaged exactly as the heads' scores
-    return table[["source_vcdr_abs_err", "target_vcdr_abs_err"]].assign(label_mean=pd.Series(constants))
-
-
-# ---------------------------------------------------------------------------------------------
-# the verdict at the smallest budget
-# ---------------------------------------------------------------------------------------------
-
-def smallest_budget_comparison(result: SSLBenchmark, baseline: str = "random") -> pd.DataFrame:
-    """Pretrained vs ``baseline`` at the smallest budget, one row per (protocol, init, score).
-
-    Columns: ``baseline`` and ``pretrained`` (means over draws), ``gain`` (positive = pretraining
-    better, errors flipped), ``wins``: in how many draws pretraining was better (paired draws: the
-    same labelled images for both), and ``draws``.
-    """
-    budget = min(result.per_draw.index.get_level_values("budget"))
-    block = result.per_draw.xs(budget, level="budget")
-    out = []
-    for protocol in block.index.get_level_values("protocol").unique():
-        base = block.xs((protocol, baseline), level=["protocol", "init"])
-        for init in block.xs(protocol, level="protocol").index.get_level_values("init").unique():
-            if init == baseline:
-                continue
-            other = block.xs((protocol, init), level=["protocol", "init"])
-            delta = _signed(other - base)  # (draws, scores)
-            for score in block.columns:
-                out.append({"protocol": protocol, "init": init, "score": score, baseline: base[score].mean(),
-                            "pretrained": other[score].mean(), "gain": delta[score].mean(),
-                            "wins": int((delta[score] > 0).sum()), "draws": int(delta[score].notna().sum())})
-    return pd.DataFrame(out).set_index(["protocol", "init", "score"])
-
-
-def verdict(result: SSLBenchmark, baseline: str = "random") -> list[str]:
-    """Sentences, computed from the numbers, on whether pretraining beat ``baseline`` at the smallest budget.
-
-    An (encoder, protocol) beats ``baseline`` on a task when, on every *target-hospital* score of
-    the task (the point of pretraining on every hospital's images), it is better on average over the
-    draws *and* in more than half of the draws (paired: the same labelled images for both). Source
-    scores are reported beside it.
-    """
-    cmp = smallest_budget_comparison(result, baseline)
-    budget = min(result.per_draw.index.get_level_values("budget"))
-    n_labels = sorted({r["n_labels"] for r in result.rows if r["budget"] == budget})
-    draws = result.meta.get("draws_at_smallest_budget", 1)
-    lines = [f"Smallest label budget: {budget:.0%} of the source labels ({'/'.join(map(str, n_labels))} images), "
-             f"{draws} draw(s) of those images; 'a vs b (k/n)': pretrained vs {baseline} init, mean over draws, "
-             "pretraining better in k of n draws."]
-    for task, scores in TASK_SCORES.items():
-        present = [s for s in scores if s in cmp.index.get_level_values("score")]
-        target = [s for s in present if not s.startswith("source")]
-        if not target:
-            continue
-        winners = []
-        for (protocol, init), block in cmp.groupby(level=["protocol", "init"], sort=False):
-            block = block.droplevel(["protocol", "init"])
-
-            def won(score: str) -> bool:
-                return bool(block.loc[score, "gain"] > 0) and block.loc[score, "wins"] > block.loc[score, "draws"] / 2
-
-            detail = "; ".join(f"{s.replace('_', ' ')} {block.loc[s, 'pretrained']:.3f} vs {block.loc[s, baseline]:.3f}"
-                               f" ({block.loc[s, 'wins']}/{block.loc[s, 'draws']})" for s in present)
-            beats = all(won(s) for s in target)
-            lines.append(f"  {task} | {protocol} | {init}: {'BEATS' if beats else 'does not beat'} {baseline} "
-                         f"init on the target hospitals. {detail}.")
-            winners += [f"{init} ({protocol})"] if beats else []
-        lines.append(f"=> {task}: " + (f"pretraining beats {baseline} initialisation at the smallest budget: "
-                                       + ", ".join(winners) + "." if winners else
-                                       f"no pretrained encoder beats {baseline} initialisation at the smallest "
-                                       "budget on the target hospitals."))
-    return lines
+                  "domain": s.domain, "sample_id": s.sample_id, "vcdr_abs_err": abs(s.vcdr - constant),
+                  "vcdr_pred": constant, "suspect": int(s.vcdr >= GLAUCOMA_SUSPECT_VCDR)} for s in test]
+    return rows

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.nn import functional as F
 
 from ..io import atomic_write
 
@@ -152,14 +153,33 @@ class ViTEncoder(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode images ``x (B, 3, S, S)``; returns tokens ``(B, 1 + K, D)`` (``K = N`` without ``ids_keep``)."""
-        if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
+    def pos_embed_for(self, grid: int) -> torch.Tensor:
+        """Positional embedding ``(grid*grid, D)`` of a ``grid x grid`` input: the encoder's own, bicubically
+        interpolated when ``grid`` differs (as DINO's ``interpolate_pos_encoding`` does for its local crops)."""
+        g = self.config.grid
+        if grid == g:
+            return self.pos_embed
+        pe = self.pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        pe = F.interpolate(pe, size=(grid, grid), mode="bicubic", align_corners=False)
+        return pe.permute(0, 2, 3, 1).reshape(grid * grid, -1)  # (grid*grid, D)
+
+    def forward(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None, *, any_size: bool = False) -> torch.Tensor:
+        """Encode images ``x (B, 3, S, S)``; returns tokens ``(B, 1 + K, D)`` (``K = N`` without ``ids_keep``).
+
+        ``any_size=True`` accepts a square side other than ``config.image_size`` (a multiple of the patch
+        size, e.g. DINO's small local crops) and interpolates the positional embedding to its grid.
+        """
+        side, p = x.shape[-1], self.config.patch_size
+        if any_size:
+            if x.shape[-2] != side or side % p:
+                raise ValueError(f"ViTEncoder: a crop must be square with a side that is a multiple of {p}, "
+                                 f"got {tuple(x.shape[-2:])}")
+        elif side != self.config.image_size or x.shape[-2] != self.config.image_size:
             raise ValueError(f"ViTEncoder expects {self.config.image_size} px images, got {tuple(x.shape[-2:])}; "
                              "resize them (or build the encoder with a matching ViTConfig.image_size)")
         if self.config.standardize_input:
             x = standardize_images(x)[0]
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed_for(side // p)  # (B, N, D)
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, K, D)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)  # (B, 1 + K, D)
