@@ -143,10 +143,11 @@ def measure_realism(model, image_sets: Mapping[str, Sequence[np.ndarray]], synth
     return compare_feature_sets(features, synthetic, permutations=permutations, seed=seed)
 
 
-def synthetic_image_sets(profile, *, photos: bool = True) -> dict[str, list[np.ndarray]]:
+def synthetic_image_sets(profile, photos: Sequence | bool = True) -> dict[str, list[np.ndarray]]:
     """The reference sets: each synthetic hospital's first ``probe_per_domain`` ROI benchmark ``train`` images
-    (the images notebook 00 probes, so their embeddings are cached), and with ``photos`` the ROI crops of
-    ``photo_per_domain`` whole-fundus photographs per camera (:data:`PHOTO_SET`).
+    (the images notebook 00 probes, so their embeddings are cached), and the ROI crops of whole-fundus
+    photographs (:data:`PHOTO_SET`): ``photos`` given (:class:`~mfmda_lib.data.photo.FundusPhoto`), else with
+    ``photos=True`` ``photo_per_domain`` new ones per camera; ``photos=False``: none.
     """
     from ..data import DOMAINS
     from ..data.photo import generate_photo, photo_roi_sample
@@ -154,9 +155,9 @@ def synthetic_image_sets(profile, *, photos: bool = True) -> dict[str, list[np.n
 
     samples = benchmark_samples(profile, "train", profile.probe_per_domain)
     sets = {d: [s.image for s in samples if s.domain == d] for d in DOMAINS}
+    if photos is True:
+        photos = [generate_photo(d, i, split="train", width=profile.photo_width, severity=profile.severity,
+                                 seed=profile.seed) for d in DOMAINS for i in range(profile.photo_per_domain)]
     if photos:
-        sets[PHOTO_SET] = [photo_roi_sample(generate_photo(d, i, split="train", width=profile.photo_width,
-                                                           severity=profile.severity, seed=profile.seed),
-                                            profile.image_size).image
-                           for d in DOMAINS for i in range(profile.photo_per_domain)]
+        sets[PHOTO_SET] = [photo_roi_sample(p, profile.image_size).image for p in photos]
     return sets

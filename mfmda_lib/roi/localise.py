@@ -11,10 +11,12 @@ Two cues that every fundus photograph has, computed at a working resolution of
    local darkness, weighted by how horizontal its gradient is) are counted in a tall window one
    disc wide; the count peaks on the disc's column.
 
-The two maps, standardised over the field of view, are added; the maximum is the disc. The disc's
-diameter is measured on the brightness profile around it (half-maximum radius), within a
-plausible range set by the field of view (a 45-degree field: the disc is about an eighth of the
-field's width). The **confidence** combines how much the disc candidate stands out of the
+The two maps, standardised over the field of view, are added; the maximum is the disc candidate.
+It is refined on the green channel (where the disc's outline is clearest; red saturates): the
+bright region around it gives a first centre, then a circle fitted to the disc's edge along rays
+gives the centre and the diameter, so the bright cup, off-centre, does not pull them. The expected
+size comes from the field of view (a 45-degree field: the disc is about an eighth of the field's
+width), and the diameter is kept within [0.6, 1.6] times it. The **confidence** combines how much the disc candidate stands out of the
 retina's brightness and how far the score map's peak rises above the rest; below
 :data:`CONFIDENCE_THRESHOLD` the disc is "not found": :func:`locate_disc` warns with
 :class:`DiscNotFoundWarning` and the caller writes no mask for that photograph.
@@ -33,7 +35,7 @@ from PIL import Image
 from scipy import ndimage
 
 __all__ = ["DiscLocation", "DiscNotFoundWarning", "locate_disc", "CONFIDENCE_THRESHOLD", "WORK_SIDE",
-           "field_of_view", "count_dark_corners"]
+           "field_of_view", "count_dark_corners", "cue_maps"]
 
 #: The longer side of the working image, pixels.
 WORK_SIDE = 384
@@ -160,6 +162,32 @@ def _vessel_convergence(rgb: np.ndarray, fov: np.ndarray, d: float) -> np.ndarra
     return _masked_blur(dark * vertical, fov, (1.0 * d, d / 3))
 
 
+def _cue_maps(rgb: np.ndarray, fov: np.ndarray, inner: np.ndarray, d0: float, cues) -> dict[str, np.ndarray]:
+    """The illumination-corrected image and each cue, standardised inside the field, and their sum ``score``."""
+    flat, blob = _brightness(rgb, fov, d0)
+    maps = {"flat": flat}
+    if "brightness" in cues:
+        maps["brightness"] = _standardise(blob, inner)
+    if "vessels" in cues:
+        maps["vessels"] = _standardise(_vessel_convergence(rgb, fov, d0), inner)
+    maps["score"] = sum(maps[c] for c in ("brightness", "vessels") if c in maps)
+    return maps
+
+
+def cue_maps(image: np.ndarray) -> dict[str, np.ndarray]:
+    """What the localiser looks at, for plots: ``image`` (working size, float RGB), ``fov``, ``brightness``,
+    ``vessels`` and their sum ``score`` (``(h, w)`` at the working size; NaN outside the field of view)."""
+    rgb, _ = _working_image(image)
+    fov = field_of_view(rgb)
+    cols = np.flatnonzero(fov.any(axis=0))
+    if fov.mean() < 0.05 or cols.size == 0:
+        raise ValueError("cue_maps: no field of view in this image (too dark)")
+    d0 = max(DISC_PER_FOV * (cols[-1] - cols[0] + 1), 4.0)
+    maps = _cue_maps(rgb, fov, fov, d0, ("brightness", "vessels"))
+    out = {k: np.where(fov, v, np.nan) for k, v in maps.items() if k != "flat"}
+    return {"image": rgb, "fov": fov, **out}
+
+
 # ---------------------------------------------------------------------------------------------
 # the localiser
 # ---------------------------------------------------------------------------------------------
@@ -209,10 +237,10 @@ def _disc_region(flat: np.ndarray, fov: np.ndarray, cx: float, cy: float, d0: fl
 def _fit_rim(flat: np.ndarray, cx: float, cy: float, diameter: float, rays: int = 48) -> tuple[float, float, float] | None:
     """Circle fitted to the disc's edge around ``(cx, cy)``: ``(cx, cy, diameter)`` or ``None`` (working pixels).
 
-    Along each of ``rays`` rays the edge is where the smoothed brightness falls fastest, 0.35-0.8
-    diameters out (outside most cups, inside the glow around the disc); a least-squares circle
-    through those points, refitted without the points far from it, gives a centre that the cup
-    (bright, and off-centre towards the temporal side) does not pull.
+    Along each of ``rays`` rays, 0.35-0.8 ``diameter`` out, the edge is the outermost place where the
+    smoothed brightness falls at least 80% as fast as its fastest fall on that ray (the disc's edge
+    rather than the cup's); a least-squares circle through those points, refitted without the points
+    far from it, gives a centre that the cup (bright, off-centre towards the temporal side) does not pull.
     """
     smooth = ndimage.gaussian_filter(flat, max(diameter / 20, 0.5))
     radii = np.linspace(0.35 * diameter, 0.8 * diameter, 24)
@@ -221,7 +249,8 @@ def _fit_rim(flat: np.ndarray, cx: float, cy: float, diameter: float, rays: int 
     ys = cy - 0.5 + radii[None, :] * np.sin(angles)[:, None]
     values = ndimage.map_coordinates(smooth, [ys.ravel(), xs.ravel()], order=1, mode="nearest").reshape(xs.shape)
     fall = np.diff(values, axis=1)  # (rays, R - 1)
-    pick = np.argmin(fall, axis=1)
+    strong = fall <= 0.8 * fall.min(axis=1, keepdims=True)  # edges nearly as strong as the ray's strongest
+    pick = fall.shape[1] - 1 - np.argmax(strong[:, ::-1], axis=1)  # the outermost: the disc's edge, not the cup's
     px, py = xs[np.arange(rays), pick] + 0.5, ys[np.arange(rays), pick] + 0.5
     keep = np.ones(rays, bool)
     for _ in range(2):  # Kasa fit: x^2 + y^2 + D x + E y + F = 0
@@ -271,16 +300,13 @@ def locate_disc(image: np.ndarray, *, expected_diameter: float | None = None,
     inner = ndimage.binary_erosion(fov, iterations=max(int(d0 / 4), 1))
     if not inner.any():
         inner = fov
-    flat, blob = _brightness(rgb, fov, d0)
-    score = np.zeros_like(flat)
-    if "brightness" in cues:
-        score += _standardise(blob, inner)
-    if "vessels" in cues:
-        score += _standardise(_vessel_convergence(rgb, fov, d0), inner)
-    score = np.where(inner, score, -np.inf)
+    maps = _cue_maps(rgb, fov, inner, d0, cues)
+    flat, score = maps["flat"], np.where(inner, maps["score"], -np.inf)
     iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
-    cx, cy, diameter = _disc_region(flat, fov, ix + 0.5, iy + 0.5, d0)
-    rim = _fit_rim(flat, cx, cy, d0)
+    # the disc's outline is clearest in the green channel (red saturates on the disc and the retina alike)
+    green = rgb[..., 1] / np.maximum(_masked_blur(rgb[..., 1], fov, 1.5 * d0), 1e-3)
+    cx, cy, diameter = _disc_region(green, fov, ix + 0.5, iy + 0.5, d0)
+    rim = _fit_rim(green, cx, cy, d0)
     if rim is not None:
         cx, cy, diameter = rim[0], rim[1], float(np.clip(rim[2], 0.6 * d0, 1.6 * d0))
     # confidence: the candidate's brightness above its surroundings, and the peak's height above the score map
