@@ -113,3 +113,12 @@ def test_run_state_survives_a_restart(tmp_path):
     (tmp_path / "state.json").write_text("{")
     with pytest.raises(DataError, match="corrupt"):
         RunState(tmp_path)
+
+
+def test_the_shipped_config_reads_and_matches_the_library_defaults():
+    from pathlib import Path
+
+    from mfmda_lib.roi import CONFIDENCE_THRESHOLD
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "mfmda.toml")
+    assert config == PipelineConfig() and config.disc_confidence == CONFIDENCE_THRESHOLD
