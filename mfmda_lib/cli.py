@@ -3,6 +3,8 @@
     mfmda                      # = mfmda run: the MFM-DA pipeline on the default benchmark
     mfmda run --config configs/mfmda.toml --profile cpu
     mfmda run --target-folder ~/my_hospital_images      # adapt to your own unlabeled images
+    mfmda run --target-folder ~/my_rois --crop off      # ... that are already disc-centred ROIs
+    mfmda realism ~/my_hospital_images                  # how far the synthetic hospitals sit from your photographs
     mfmda zero-shot --profile cpu --model litemedsam
     mfmda generate --profile cpu --severity 0.5
     mfmda models               # which foundation models are available here
@@ -65,7 +67,7 @@ def _cmd_run(args) -> None:
     from .pipeline_io import load_config
 
     config = load_config(args.config, profile=args.profile, target_folder=args.target_folder,
-                         targets=args.targets, run_dir=args.run_dir)
+                         targets=args.targets, run_dir=args.run_dir, crop=args.crop)
     start = time.perf_counter()
     result = run_pipeline(config, progress=not args.no_progress, fresh=args.fresh)
     if result.summary is not None:
@@ -73,6 +75,36 @@ def _cmd_run(args) -> None:
     print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
     print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+def _cmd_realism(args) -> None:
+    import warnings
+
+    from .data import DOMAINS
+    from .evaluation.metrics import format_table
+    from .evaluation.realism import measure_realism, synthetic_image_sets
+    from .experiments import model_and_cache, save_result
+    from .pipeline_io import read_target_folder
+    from .profiles import get_profile
+    from .roi import DiscNotFoundWarning
+
+    profile = get_profile(args.profile)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DiscNotFoundWarning)
+        target = read_target_folder(args.folder, 2, profile.image_size, crop=args.crop)
+    for w in caught:
+        print(f"warning: {w.message}")
+    name = f"yours: {target.folder.name}"
+    print(f"{len(target.crops)} ROI crops from {target.folder} ("
+          + ("whole-fundus photographs, cropped around the disc" if target.whole else "read as ROIs") + ")")
+    sets = {**synthetic_image_sets(profile), name: target.crops}
+    model, cache = model_and_cache("litemedsam")
+    result = measure_realism(model, sets, list(DOMAINS), cache=cache, batch_size=profile.encoder_batch_size)
+    table = result.table()
+    print(format_table(table))
+    stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in target.folder.name)
+    written = save_result(f"realism_{stem}", profile, table, meta={"folder": str(target.folder)})
+    print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the MFM-DA pipeline: source DDPM, stage 1 per target, stage 2, report")
     run.add_argument("--config", default=None, help="TOML file of pipeline settings (see configs/mfmda.toml)")
     run.add_argument("--target-folder", default=None, help="a folder of your own unlabeled target images")
+    run.add_argument("--crop", choices=["auto", "whole", "off"], default=None,
+                     help="target-folder images: auto (default) detects whole-fundus photographs and crops each "
+                          "around its optic disc; off: the images are already disc-centred ROIs")
     run.add_argument("--targets", nargs="+", default=None, help="benchmark target domains (default: all three)")
     run.add_argument("--run-dir", default=None, help="folder of this run (default: results/mfmda_run_<profile>)")
     run.add_argument("--fresh", action="store_true", help="forget finished stages (checkpoints are still reused)")
@@ -95,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate the synthetic multi-domain benchmark")
     gen.add_argument("--severity", type=float, default=None, help="domain-shift severity (default: the profile's)")
     sub.add_parser("models", help="list foundation models and whether their weights are here")
-    for p in (parser, zs, gen, run):
+    real = sub.add_parser("realism", help="how far the synthetic hospitals sit from a folder of your own photographs "
+                                          "(LiteMedSAM features, MMD)")
+    real.add_argument("folder", help="a folder of fundus photographs (whole-fundus or disc-centred ROIs)")
+    real.add_argument("--crop", choices=["auto", "whole", "off"], default="auto",
+                      help="auto (default): whole-fundus photographs are detected and cropped around the disc")
+    for p in (parser, zs, gen, run, real):
         p.add_argument("--profile", choices=PROFILE_NAMES, default=None,
                        help="size profile (default: $MFMDA_PROFILE, else colab on a small GPU, gpu on a large "
                             "one, else cpu)")
@@ -107,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         args = build_parser().parse_args(["run"] + (["--profile", args.profile] if args.profile else []))
-    commands = {"run": _cmd_run, "zero-shot": _cmd_zero_shot, "generate": _cmd_generate, "models": _cmd_models}
+    commands = {"run": _cmd_run, "zero-shot": _cmd_zero_shot, "generate": _cmd_generate, "models": _cmd_models,
+                "realism": _cmd_realism}
     try:
         commands[args.command](args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -16,7 +16,9 @@ half-way resumes from its own checkpoint):
 
 With a ``target_folder`` of your own unlabeled images, stage 1 adapts to them and stage 2 trains
 MFM-DA for them; there are no labels to score, so the run writes the translations and the
-predicted disc/cup masks of your images instead of a Dice table.
+predicted disc/cup masks of your images instead of a Dice table. Whole-fundus photographs are
+detected and cropped around the optic disc first (the kit's ROI convention, :mod:`mfmda_lib.roi`),
+and the masks are mapped back onto each photograph (:func:`~mfmda_lib.pipeline_io.write_predictions`).
 
 Sizes (K, steps, epochs, resolutions) come from the profile; the config file picks what to run.
 Training runs under HF Accelerate (one process by default; ``accelerate launch -m mfmda_lib.cli run``
@@ -34,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write, atomic_write_json, save_png
-from .pipeline_io import PipelineConfig, RunState, read_target_folder
+from .pipeline_io import PipelineConfig, RunState, TargetFolder, read_target_folder, write_predictions
 from .profiles import Profile, get_device, get_profile, paths
 
 __all__ = ["PipelineResult", "run_pipeline", "run_dir_for"]
@@ -104,11 +106,16 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
 
     profile = get_profile(config.profile or None)
     k = profile.stage1_k_target
-    user_images = None
+    target = None
     if config.target_folder:  # validate before any expensive work (or any folder is created)
-        user_images, files = read_target_folder(config.target_folder, k, profile.image_size)
-        log(f"target folder {config.target_folder}: {len(files)} images ({files[0].name} ... {files[-1].name}); "
-            f"stage 1 adapts from the first K = {k}, stage 2 segments all of them")
+        target = read_target_folder(config.target_folder, k, profile.image_size, crop=config.crop,
+                                    threshold=config.disc_confidence)
+        files = [item.path for item in target.items]
+        log(f"target folder {config.target_folder}: {len(files)} images ({files[0].name} ... {files[-1].name}) read as "
+            + ("whole-fundus photographs, each cropped around its optic disc" if target.whole else "disc-centred ROIs")
+            + f"; disc found in {len(target.crops)}"
+            + (f" (no mask for: {', '.join(i.path.name for i in target.skipped)})" if target.skipped else "")
+            + f"; stage 1 adapts from the first K = {k}, stage 2 segments all of them")
     run_dir = run_dir_for(config, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh and (run_dir / "state.json").exists():
@@ -122,8 +129,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
     _stage(state, "source_ddpm", result.seconds, log,
            lambda: {"checkpoint": str(load_source_ddpm(profile, accelerator=accelerator, progress=progress)[2])})
 
-    if user_images is not None:
-        _run_user_folder(profile, config, user_images, files, state, result, accelerator, progress, log)
+    if target is not None:
+        _run_user_folder(profile, config, target, state, result, accelerator, progress, log)
         return result
 
     from .align.experiment import run_stage2, source_samples
@@ -230,8 +237,8 @@ def _summary_figure(summary: pd.DataFrame, profile: Profile):
     return fig
 
 
-def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list[np.ndarray], files: list[Path],
-                     state: RunState, result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
+def _run_user_folder(profile: Profile, config: PipelineConfig, target: TargetFolder, state: RunState,
+                     result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
     """Stage 1 and stage 2 for a folder of unlabeled images: translations and predicted masks, no scores."""
     from .align.experiment import predict_target_masks
     from .align.experiment import source_samples as stage2_source
@@ -241,6 +248,7 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list
 
     name = _folder_name(config.target_folder)
     run_dir = result.run_dir
+    user_images = target.crops  # the kit's disc-centred ROIs of the images whose disc was found
     source = source_samples(profile)
     cache = run_dir / "translations" / f"{name}.npz"
 
@@ -271,14 +279,11 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, user_images: list
     def stage2() -> dict:
         masks = predict_target_masks(profile, source, translated, user_images, target_name=name,
                                      checkpoint_dir=run_dir / "stage2", accelerator=accelerator, progress=progress)
-        for i, (disc, cup) in enumerate(masks):
-            label = np.zeros(disc.shape, np.uint8)
-            label[disc] = 128
-            label[cup] = 255
-            save_png(run_dir / "predictions" / name / f"{files[i].stem}_mask.png", label)
-        return {"predicted": len(masks)}
+        write_predictions(run_dir / "predictions" / name, target, masks)
+        return {"predicted": len(masks), "no_disc": [item.path.name for item in target.skipped]}
 
     _stage(state, "stage2", result.seconds, log, stage2)
     result.files = {"translations": run_dir / "translations" / name, "predictions": run_dir / "predictions" / name}
     log(f"no labels for {config.target_folder}: wrote translations to {result.files['translations']} and "
-        f"predicted masks (0 background, 128 disc, 255 cup) to {result.files['predictions']}")
+        f"predicted masks (0 background, 128 disc, 255 cup) to {result.files['predictions']}: full-size masks, "
+        f"ROI masks in roi/, overlays in overlay/, where each disc was found in rois.csv")

@@ -129,6 +129,10 @@ class Profile:
         stage2_epochs: epochs of each stage-2 method after the warm-up (three optimizer steps per
             batch for MFM-DA).
         stage2_batch_size: source/translation pairs per stage-2 step.
+        photo_width: width of synthetic whole-fundus photographs (4:3; notebook 00, the disc localiser
+            and its benchmark, the whole-photograph tests of ``mfmda run --target-folder``).
+        photo_per_domain: synthetic whole-fundus photographs per camera domain (even index: right eye,
+            odd: left eye) in notebook 00 and ``benchmarks/disc_localisation.py``.
         # -- notebook 10 (clinical evaluation): document new fields here --
         bootstrap_resamples: bootstrap resamples behind every confidence interval (notebook 10).
     """
@@ -204,6 +208,8 @@ class Profile:
     stage2_warmup_epochs: int
     stage2_epochs: int
     stage2_batch_size: int
+    photo_width: int
+    photo_per_domain: int
     # notebook 10: clinical evaluation (fields go here)
     bootstrap_resamples: int
 
@@ -314,6 +320,8 @@ SIZES: dict[str, tuple] = {
     "stage2_warmup_epochs":   (30, 20, 10, 20),
     "stage2_epochs":          (1, 4, 15, 20),
     "stage2_batch_size":      (2, 4, 8, 8),
+    "photo_width":            (512, 1024, 1024, 1024),
+    "photo_per_domain":       (2, 26, 50, 26),
     # notebook 10 (rows go here)
     "bootstrap_resamples": (200, 2000, 5000, 2000),
 }

@@ -102,16 +102,13 @@ def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "results").exists()  # nothing written for a run that could not start
 
 
-def test_a_user_folder_is_adapted_from_k_images_and_every_image_segmented(fakes, tmp_path, monkeypatch):
+@pytest.fixture
+def fake_user_stages(fakes, monkeypatch):
+    """Stage 1 and stage 2 of the user-folder path replaced by fakes that record what they were given."""
     from types import SimpleNamespace
 
     from mfmda_lib.data import FundusSample
-    from mfmda_lib.io import read_image, save_png
 
-    k = pipeline.get_profile("ci").stage1_k_target
-    folder = tmp_path / "my_hospital"
-    for i in range(k + 2):
-        save_png(folder / f"eye_{i}.png", np.full((40, 40, 3), 10 * i, np.uint8))
     mask = np.zeros((32, 32), bool)
     mask[8:24, 8:24] = True
     sources = [FundusSample(image=np.zeros((32, 32, 3), np.uint8), disc=mask, cup=mask, domain="refuge_train",
@@ -124,16 +121,61 @@ def test_a_user_folder_is_adapted_from_k_images_and_every_image_segmented(fakes,
 
     def predict_target_masks(profile, source, translated, images, **kw):
         seen["pairs"], seen["segmented"] = (len(source), len(translated)), len(images)
-        return [(np.ones(im.shape[:2], bool), np.zeros(im.shape[:2], bool)) for im in images]
+        seen["shapes"] = {im.shape for im in images}
+        h, w = images[0].shape[:2]
+        disc = np.zeros((h, w), bool)
+        disc[3 * h // 8:5 * h // 8, 3 * w // 8:5 * w // 8] = True  # a disc in the middle of each ROI
+        return [(disc, np.zeros((h, w), bool)) for _ in images]
 
     monkeypatch.setattr(ddpm_source, "load_source_ddpm", lambda p, **kw: (None, SimpleNamespace(image_size=16), None))
     monkeypatch.setattr(stage1, "source_samples", lambda profile: sources)
     monkeypatch.setattr(stage1, "feature_encoder", lambda *a: None)
     monkeypatch.setattr(stage1, "run_stage1", run_stage1)
     monkeypatch.setattr(align_experiment, "predict_target_masks", predict_target_masks)
+    return seen
+
+
+def test_a_user_folder_is_adapted_from_k_images_and_every_image_segmented(fake_user_stages, tmp_path):
+    from mfmda_lib.data import generate_sample
+    from mfmda_lib.io import read_image, save_png
+
+    profile = pipeline.get_profile("ci")
+    k = profile.stage1_k_target
+    folder = tmp_path / "my_hospital"
+    for i in range(k + 2):  # disc-centred ROIs of 80 px
+        save_png(folder / f"eye_{i}.png", generate_sample("riga_messidor", i, size=80).image)
     config = PipelineConfig(profile="ci", target_folder=str(folder), run_dir=str(tmp_path / "run"))
     result = pipeline.run_pipeline(config, progress=False, log=lambda m: None)
-    assert seen == {"k": k, "pairs": (2, 2), "segmented": k + 2}  # adapt from K, train on stage2_pairs, segment all
-    masks = sorted(p.name for p in result.files["predictions"].iterdir())
+    seen = fake_user_stages
+    assert seen["k"] == k and seen["pairs"] == (2, 2) and seen["segmented"] == k + 2  # adapt from K, segment all
+    assert seen["shapes"] == {(profile.image_size, profile.image_size, 3)}
+    masks = sorted(p.name for p in result.files["predictions"].glob("*_mask.png"))
     assert masks == [f"eye_{i}_mask.png" for i in range(k + 2)]
-    assert set(np.unique(read_image(result.files["predictions"] / "eye_0_mask.png"))) == {128}  # disc, no cup
+    label = read_image(result.files["predictions"] / "eye_0_mask.png")
+    assert label.shape[:2] == (80, 80) and set(np.unique(label)) == {0, 128}  # disc, no cup, at the image's size
+
+
+def test_a_folder_of_photographs_gets_full_size_masks_overlays_and_a_warning_for_a_bad_one(fake_user_stages, tmp_path):
+    from mfmda_lib.data.photo import generate_photo, write_photo_folder
+    from mfmda_lib.io import read_mask, save_png
+    from mfmda_lib.roi import DiscNotFoundWarning
+
+    profile = pipeline.get_profile("ci")
+    photos = [generate_photo("riga_binrushed", i, width=384) for i in range(profile.stage1_k_target)]
+    folder = write_photo_folder(tmp_path / "clinic", photos)
+    save_png(folder / "zz_uniform.png", np.full((288, 384, 3), 120, np.uint8))
+    config = PipelineConfig(profile="ci", target_folder=str(folder), run_dir=str(tmp_path / "run"))
+    messages = []
+    with pytest.warns(DiscNotFoundWarning, match="zz_uniform.png"):
+        result = pipeline.run_pipeline(config, progress=False, log=messages.append)
+    assert any("read as whole-fundus photographs" in m and "no mask for: zz_uniform.png" in m for m in messages)
+    assert fake_user_stages["segmented"] == len(photos)  # the run went on without the bad picture
+    out = result.files["predictions"]
+    for p in photos:
+        full = read_mask(out / f"{p.photo_id}_mask.png")
+        assert full.shape == p.disc.shape  # back on the photograph, at its size
+        ys, xs = np.nonzero(full == 128)  # the fake's disc is the ROI's middle: it lands on the true disc
+        assert np.hypot(xs.mean() - p.disc_center[0], ys.mean() - p.disc_center[1]) < 0.25 * p.disc_diameter
+        assert read_mask(out / "roi" / f"{p.photo_id}_mask.png").shape == (profile.image_size,) * 2
+        assert (out / "overlay" / f"{p.photo_id}.png").is_file()
+    assert not (out / "zz_uniform_mask.png").exists() and (out / "overlay" / "zz_uniform.png").is_file()

@@ -1,9 +1,16 @@
 """Pipeline inputs: config validation, the user's target folder and the run state, with clear errors."""
+import warnings
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from mfmda_lib.io import DataError, save_png
-from mfmda_lib.pipeline_io import PipelineConfig, RunState, load_config, read_target_folder
+from mfmda_lib.data import generate_sample
+from mfmda_lib.data.photo import generate_photo, write_photo_folder
+from mfmda_lib.evaluation.metrics import dice
+from mfmda_lib.io import DataError, read_image, read_mask, save_png
+from mfmda_lib.pipeline_io import (PipelineConfig, RunState, load_config, read_target_folder, write_predictions)
+from mfmda_lib.roi import DiscNotFoundWarning, centre_box
 
 
 def test_config_reads_toml_and_rejects_bad_keys_and_values(tmp_path):
@@ -25,6 +32,10 @@ def test_config_reads_toml_and_rejects_bad_keys_and_values(tmp_path):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ValueError, match="profile must be"):
         PipelineConfig(profile="tpu")
+    with pytest.raises(ValueError, match="crop must be"):
+        PipelineConfig(crop="sometimes")
+    (tmp_path / "crop.toml").write_text('crop = "off"\ndisc_confidence = 0.3\n')
+    assert load_config(tmp_path / "crop.toml").crop == "off"
 
 
 def test_target_folder_errors_name_the_problem(tmp_path):
@@ -32,18 +43,65 @@ def test_target_folder_errors_name_the_problem(tmp_path):
         read_target_folder(tmp_path / "nope", k=2, size=64)
     folder = tmp_path / "hospital"
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    save_png(folder / "a.png", rng.integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    roi = generate_sample("riga_messidor", 0, size=96).image
+    save_png(folder / "a.png", np.asarray(Image.fromarray(roi).resize((100, 80))))  # a non-square ROI
     (folder / "notes.txt").write_text("not an image")
     with pytest.raises(DataError, match="holds 1 image"):
         read_target_folder(folder, k=2, size=64)
     (folder / "b.jpg").write_bytes(b"not really a jpeg")
     with pytest.raises(DataError, match="b.jpg"):
         read_target_folder(folder, k=2, size=64)
-    save_png(folder / "b.jpg", rng.integers(0, 255, (120, 90, 3), dtype=np.uint8))  # PIL sniffs the content
-    images, files = read_target_folder(folder, k=2, size=64)
-    assert [f.name for f in files] == ["a.png", "b.jpg"]
-    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in images)
+    save_png(folder / "b.jpg", generate_sample("riga_messidor", 1, size=120).image)  # PIL sniffs the content
+    target = read_target_folder(folder, k=2, size=64)
+    assert not target.whole and [i.path.name for i in target.items] == ["a.png", "b.jpg"]
+    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in target.crops)
+    assert target.items[0].box == centre_box((80, 100))  # an ROI is read as its centre square, not re-cropped
+    save_png(folder / "c.png", np.zeros((64, 64, 3), np.uint8))
+    with pytest.warns(DiscNotFoundWarning, match="c.png"), pytest.raises(DataError, match="found in only 2 of 3"):
+        read_target_folder(folder, k=3, size=64)
+    with pytest.raises(ValueError, match="crop must be"):
+        read_target_folder(folder, k=2, size=64, crop="maybe")
+
+
+def test_a_folder_of_photographs_is_cropped_around_each_disc_and_bad_pictures_are_skipped(tmp_path):
+    photos = [generate_photo(d, i, width=384) for d, i in (("refuge_test", 0), ("riga_binrushed", 1))]
+    write_photo_folder(tmp_path / "clinic", photos)
+    save_png(tmp_path / "clinic" / "x_black.png", np.zeros((288, 384, 3), np.uint8))
+    save_png(tmp_path / "clinic" / "y_uniform.png", np.full((288, 384, 3), 140, np.uint8))
+    with pytest.warns(DiscNotFoundWarning) as caught:
+        target = read_target_folder(tmp_path / "clinic", k=2, size=128)
+    assert sorted(str(w.message).split(" (")[0].rsplit("/", 1)[-1] for w in caught) == ["x_black.png", "y_uniform.png"]
+    assert target.whole and [i.path.name for i in target.skipped] == ["x_black.png", "y_uniform.png"]
+    assert len(target.crops) == 2 and all(c.shape == (128, 128, 3) for c in target.crops)
+    for item, photo in zip(target.usable, photos):
+        assert item.shape == photo.disc.shape and item.box.side < min(item.shape)
+        assert item.box.crop_mask(photo.disc, 128)[56:72, 56:72].mean() > 0.9  # the disc (32 px) is in the middle
+    # the ROI mode reads the same photographs as they are (and finds no disc of an ROI's size in them)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiscNotFoundWarning)
+        off = read_target_folder(tmp_path / "clinic", k=0, size=128, crop="off")
+    assert not off.whole and all(item.box is None or item.box == centre_box(item.shape) for item in off.items)
+
+
+def test_write_predictions_maps_masks_back_onto_each_photograph(tmp_path):
+    photos = [generate_photo("riga_messidor", i, width=384) for i in range(2)]
+    write_photo_folder(tmp_path / "clinic", photos)
+    save_png(tmp_path / "clinic" / "z_black.png", np.zeros((288, 384, 3), np.uint8))
+    with pytest.warns(DiscNotFoundWarning):
+        target = read_target_folder(tmp_path / "clinic", k=2, size=128)
+    masks = [(item.box.crop_mask(p.disc, 128), item.box.crop_mask(p.cup, 128)) for item, p in zip(target.usable, photos)]
+    files = write_predictions(tmp_path / "pred", target, masks)
+    for p in photos:
+        label = read_mask(tmp_path / "pred" / f"{p.photo_id}_mask.png")
+        assert label.shape == p.disc.shape  # the photograph's own size
+        assert dice(label >= 128, p.disc) > 0.95 and dice(label == 255, p.cup) > 0.9
+        assert read_mask(tmp_path / "pred" / "roi" / f"{p.photo_id}_mask.png").shape == (128, 128)
+        assert read_image(files["overlays"] / f"{p.photo_id}.png").shape[0] == 288
+    assert not (tmp_path / "pred" / "z_black_mask.png").exists() and (files["overlays"] / "z_black.png").is_file()
+    rows = files["rois"].read_text().splitlines()
+    assert len(rows) == 4 and rows[-1].startswith("z_black.png,288,384,True,False")
+    with pytest.raises(ValueError, match="mask pairs"):
+        write_predictions(tmp_path / "pred", target, masks[:1])
 
 
 def test_run_state_survives_a_restart(tmp_path):
@@ -55,3 +113,12 @@ def test_run_state_survives_a_restart(tmp_path):
     (tmp_path / "state.json").write_text("{")
     with pytest.raises(DataError, match="corrupt"):
         RunState(tmp_path)
+
+
+def test_the_shipped_config_reads_and_matches_the_library_defaults():
+    from pathlib import Path
+
+    from mfmda_lib.roi import CONFIDENCE_THRESHOLD
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "mfmda.toml")
+    assert config == PipelineConfig() and config.disc_confidence == CONFIDENCE_THRESHOLD

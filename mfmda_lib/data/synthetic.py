@@ -286,23 +286,40 @@ def _vessel_maps(disc: _Ellipse, rng: np.random.Generator, size: int) -> tuple[n
 
 def _acquire(rgb: np.ndarray, style: DomainStyle, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
              fov_center: tuple[float, float]) -> np.ndarray:
-    """Apply one camera's traits to a linear ``(H, W, 3)`` image in [0, 1]; returns ``(H, W, 3)`` uint8."""
+    """Apply one camera's traits to a linear square ``(S, S, 3)`` ROI image in [0, 1]; returns uint8."""
     size = rgb.shape[0]
+    return camera(rgb, style, rng, xx, yy, center=(size / 2, size / 2), scale=size, fov_center=fov_center,
+                  fov_radius=style.fov_radius * size)
+
+
+def camera(rgb: np.ndarray, style: DomainStyle, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, *,
+           center: tuple[float, float], scale: float, fov_center: tuple[float, float], fov_radius: float) -> np.ndarray:
+    """Apply one camera's traits (:class:`DomainStyle`) to a linear ``(H, W, 3)`` image in [0, 1].
+
+    Args:
+        rgb: ``(H, W, 3)`` float image; ``xx``, ``yy``: ``(H, W)`` pixel-centre coordinates.
+        center: where the illumination gradient is neutral (pixels).
+        scale: pixels per unit of the style's lengths (the ROI side: blur is ``blur_sigma`` at 256 px per unit).
+        fov_center, fov_radius: the circular aperture, in pixels.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
     # per-image jitter: the same camera is never set up identically twice
     gain = np.asarray(style.rgb_gain) * rng.normal(1.0, 0.03, 3)
     angle = np.deg2rad(style.illumination_angle + rng.normal(0, 15))
-    ramp = ((xx - size / 2) * np.cos(angle) + (yy - size / 2) * np.sin(angle)) / size
+    ramp = ((xx - center[0]) * np.cos(angle) + (yy - center[1]) * np.sin(angle)) / scale
     illum = 1.0 + style.illumination * rng.uniform(0.8, 1.2) * ramp * 2
-    rr = np.hypot(xx - fov_center[0], yy - fov_center[1]) / (style.fov_radius * size)
+    rr = np.hypot(xx - fov_center[0], yy - fov_center[1]) / fov_radius
     vignette = 1.0 - style.vignetting * np.clip(rr, 0, 1) ** 2
     img = rgb * (illum * vignette)[..., None] * gain
     img = (img - 0.5) * style.contrast + 0.5 + style.brightness
     img = np.clip(img, 0, 1) ** style.gamma
-    sigma = style.blur_sigma * size / 256
+    sigma = style.blur_sigma * scale / 256
     if sigma > 0.05:
         img = gaussian_filter(img, (sigma, sigma, 0))
     img = img + rng.normal(0, style.noise_sigma, img.shape)
-    fov = np.clip((1.0 - rr) * size / 3.0, 0, 1)[..., None]  # soft edge of the circular aperture
+    fov = np.clip((1.0 - rr) * scale / 3.0, 0, 1)[..., None]  # soft edge of the circular aperture
     img = img * fov + (1 - fov) * rng.uniform(0.0, 0.03, img.shape)
     out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     if style.jpeg_quality < 99.5:
