@@ -35,10 +35,8 @@ on the source, so every method gets the same number of epochs.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -50,6 +48,7 @@ from torch import nn
 
 from ..adapt.tta import Tent, TTAConfig
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..diffusion.stage1 import translated_source
 from ..evaluation.metrics import per_domain_table, segmentation_scores
 from ..evaluation.stats import Comparison, compare, gap_closed, seed_table
 from ..models import EmbeddingCache, PromptableSegmenter, load_model
@@ -199,26 +198,19 @@ def test_samples(profile: Profile, domains: Sequence[str]) -> dict[str, list[Fun
 
 def translations(profile: Profile, targets: Sequence[str] = TARGET_DOMAINS, *, source: Sequence[FundusSample] | None = None,
                  progress: bool = True) -> tuple[dict[str, list[FundusSample]], str]:
-    """Stage 1's translations of the source to each target, or an FDA stand-in when stage 1 is absent.
+    """Stage 1's translations of the source to each target (trained or loaded by stage 1's own cache).
 
     Stage 1 translates every source training image; the first ``len(source)`` translations are
     kept (same order), so they pair with ``source`` (default :func:`source_samples`) by position.
+    Nothing stands in for stage 1: an error in it stops the run.
 
     Returns:
-        ``({target: translated samples}, origin)`` with ``origin`` ``"stage1"`` or
-        ``"fda_stand_in"`` (then a warning says so: every "stage1" method sees FDA images).
+        ``({target: translated samples}, "stage1")`` (the origin is recorded in the results).
     """
     source = list(source) if source is not None else source_samples(profile)
-    try:
-        stage1 = importlib.import_module("mfmda_lib.diffusion.stage1")
-        translate = stage1.translated_source
-    except (ImportError, AttributeError) as exc:
-        warnings.warn(f"MFM-DA stage 1 is not available ({exc}); using FDA translations as a stand-in",
-                      stacklevel=2)
-        return {t: fda_samples(source, target_images(profile, t)) for t in targets}, "fda_stand_in"
     out = {}
     for t in targets:
-        translated = translate(profile, t, variant="mfmda", progress=progress)[:len(source)]
+        translated = translated_source(profile, t, variant="mfmda", progress=progress)[:len(source)]
         mismatch = [s.sample_id for s, x in zip(source, translated) if s.sample_id != x.sample_id]
         if len(translated) != len(source) or mismatch:
             raise ValueError(f"stage 1's translations to {t} do not pair with the source samples "
@@ -270,7 +262,7 @@ class Stage2Result:
         costs: one dict per trained model: method, target, seed, trainable parameters, seconds.
         histories: ``(method, target, seed) -> Stage2History``.
         targets: the target domains, in order.
-        translation_origin: where the "stage1" images came from (``stage1`` / ``fda_stand_in``).
+        translation_origin: where the "stage1" images came from (``stage1``).
         seconds: wall time of the call (``total``) and of the frozen-prefix features (``prefix``).
         masks: ``(method, domain) -> [(disc, cup)]`` predicted masks of the first seed, in the order of
             ``test[domain]`` (other seeds: ``(method, domain, seed)``).
@@ -545,7 +537,7 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
         cache_root: folder of the frozen-feature cache (default ``<cache>/embeddings``); ``False``:
             keep the features in memory only.
         accelerator: an ``accelerate.Accelerator`` (default: one process on the kit's device).
-        translation_origin: recorded in the result (``"stage1"`` or ``"fda_stand_in"``).
+        translation_origin: recorded in the result (``"stage1"``).
 
     Returns:
         A :class:`Stage2Result`; every row carries its ``seed``.
