@@ -124,7 +124,8 @@ def _samples(n: int, domain: str, seed: int) -> list[FundusSample]:
                          domain=domain, sample_id=f"{domain}_{i}") for i in range(n)]
 
 
-def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
+def _stage2_run_inputs(tmp_path):
+    """A tiny stage-2 problem: 2 source pairs, two targets, 2 test images per domain, tiny ViT."""
     segmenter = PromptableSegmenter(tiny_vit(), nn.Identity(), nn.Identity(), name="tiny", spec=InputSpec(32),
                                     cache_key="tiny-test")
     profile = get_profile("ci").replace(stage2_rein_from="layers.1.blocks.0", stage2_rein_placement="blocks",
@@ -138,6 +139,12 @@ def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
                   target_images_by_target={t: [s.image for s in _samples(2, t, 20 + i)] for i, t in enumerate(targets)},
                   oracle_by_target={t: _samples(2, t, 30 + i) for i, t in enumerate(targets)},
                   accelerator=Accelerator(cpu=True), progress=False)
+    return profile, source, translated, kwargs
+
+
+def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
+    profile, source, translated, kwargs = _stage2_run_inputs(tmp_path)
+    test, targets = kwargs["test"], tuple(translated)
     methods = [m for m in experiment.DEFAULT_METHODS if m != "sam_decoder_adapter"]
     result = experiment.run_stage2(profile, source, translated, methods=methods, **kwargs)
     table = result.table()
@@ -190,3 +197,20 @@ def test_alignment_step_moves_the_tokens_comparably_to_the_segmentation_steps():
     with pytest.raises(ValueError, match="align_levels"):
         model, (optimizer, align), source, translated, y = _setup(_config(), tiny_vit())
         three_step_update(model, source, translated, y, optimizer, align)
+
+
+def test_a_same_seed_rerun_from_scratch_repeats_every_number_and_another_seed_does_not(tmp_path):
+    """The headline's per-seed runs are reproducible: same seed, empty folders -> the same weights and rows."""
+    profile, source, translated, kwargs = _stage2_run_inputs(tmp_path / "a")
+    rows, weights = {}, {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        kwargs.update(checkpoint_dir=tmp_path / name / "ckpt", cache_root=tmp_path / name / "cache")
+        result = experiment.run_stage2(profile, source, translated, methods=["source_only", "mfmda", "oracle"],
+                                       seeds=[seed], **kwargs)
+        assert not result.cost_table()["from_checkpoint"].any()  # trained from scratch each time
+        rows[name] = [(r["method"], r["domain"], r["sample_id"], r["disc_dice"], r["cup_dice"]) for r in result.rows]
+        weights[name] = [torch.cat([v.float().flatten() for v in torch.load(f, weights_only=True)["model"].values()])
+                         for f in sorted((tmp_path / name / "ckpt").glob("*.pt"))]
+    assert rows["a"] == rows["b"] and len(weights["a"]) == len(weights["b"]) >= 3
+    assert all(torch.equal(x, y) for x, y in zip(weights["a"], weights["b"]))
+    assert not any(torch.equal(x, y) for x, y in zip(weights["a"], weights["c"]) if x.shape == y.shape)
