@@ -594,13 +594,15 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
     def model_config(method: Method, seed: int) -> Stage2Config:
         return (METHODS["source_only"] if method.kind == "tent" else method).config(stage2_config(profile, seed))
 
-    for name in methods:
-        method = METHODS[name]
-        if method.kind == "reference":
-            rows.extend(sam_reference_rows(profile, targets))
-            continue
-        for seed in (seeds if name in HEADLINE else seeds[:1]):
-            if method.kind == "tent":
+    # seed-major: every method's first seed is done before any second seed (an interrupted run has a whole seed)
+    for seed in seeds:
+        for name in methods:
+            method = METHODS[name]
+            if seed != seeds[0] and (name not in HEADLINE or method.kind == "reference"):
+                continue
+            if method.kind == "reference":
+                rows.extend(sam_reference_rows(profile, targets))
+            elif method.kind == "tent":
                 score(method, train(METHODS["source_only"], None, seed), targets, seed)
             elif method.per_target:
                 for t in targets:
