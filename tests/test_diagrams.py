@@ -153,8 +153,10 @@ def test_stage2_diagram_shows_the_tokens_after_each_block_and_the_two_optimisers
     encoder, levels, batch, optimisers = d.rows
     # layers.2.blocks.3 .. layers.3.blocks.1: 3 blocks up to the second tap (2.3, 2.4, 2.5), 1 and 1 after
     assert [b.state for b in encoder.blocks] == ["frozen", "partial", "partial", "partial"]
-    assert "3 blocks, Rein tokens after each" in encoder.blocks[1].note and encoder.blocks[1].new > 0
-    assert "1 block, Rein tokens after each" in encoder.blocks[3].note and "cached" in encoder.blocks[0].note
+    assert encoder.blocks[0].note == "4 units from patch_embed, cached"
+    # layers.1.downsample .. layers.2.blocks.3 (its frozen output) cached, layers.2.blocks.4-5 run every step
+    assert encoder.blocks[1].note == "Rein tokens after 3 blocks; 5 units cached; 2 run every step"
+    assert encoder.blocks[3].note == "Rein tokens after 1 block; 1 runs every step" and encoder.blocks[1].new > 0
     assert d.spans == [(0, 0, 0, "frozen prefix: runs once per image, cached")]
     assert [b.note for b in levels.blocks[:4]] == ["frozen features (cached)"] + ["changed by the tokens, in L_align"] * 3
     assert levels.blocks[-1].label == "pyramid head" and levels.blocks[-1].state == "trains"

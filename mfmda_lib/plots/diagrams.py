@@ -248,9 +248,10 @@ def stage2_diagram(model: nn.Module, config=None) -> Diagram:
         if all_cached[-1]:
             note = f"{len(units)} units from {units[0]}, cached"
         else:
-            n = len(with_tokens)
-            note = (f"{n} block{'s' * (n != 1)}, Rein tokens after each" if n else f"{len(units)} units") + \
-                   (f"; first {len(frozen)} units cached, the rest runs every step" if frozen else ", runs every step")
+            n, runs = len(with_tokens), len(units) - len(frozen)
+            note = "; ".join(([f"Rein tokens after {n} block{'s' * (n != 1)}"] if n else [])
+                             + ([f"{len(frozen)} unit{'s' * (len(frozen) != 1)} cached"] if frozen else [])
+                             + [f"{runs} run{'s' * (runs == 1)} every step" if runs else "only the tokens run every step"])
         top.append(module_block(f"up to {tap}", [modules[u] for u in units], note=note))
         key = tap.replace(".", "_")
         level = f"level {c + 1}"
