@@ -130,3 +130,54 @@ def test_bootstrap_diagram_draws_the_interval_bootstrap_ci_reports():
     assert isinstance(diagrams.bootstrap_diagram(values, n_resamples=500, seed=7), Figure)
     with pytest.raises(ValueError, match="at least 2"):
         diagrams.bootstrap_resamples([1.0, float("nan")])
+
+
+def _stage2_model(**changes):
+    from test_align import TAPS, tiny_vit
+
+    from mfmda_lib.align.pyramid import PyramidEncoder
+    from mfmda_lib.align.rein import ReinConfig
+    from mfmda_lib.align.stage2 import Stage2Config, build_model, level_shapes
+
+    config = Stage2Config(taps=TAPS, rein_from="layers.2.blocks.3", rein=ReinConfig(n_tokens=4, rank=2), head_width=4)
+    config = config.replace(**changes)
+    encoder = tiny_vit()
+    frozen = PyramidEncoder(encoder, config.taps, config.rein_from, None, config.rein_placement)
+    shapes = level_shapes(frozen, frozen.prefix(torch.rand(1, 3, 32, 32)))
+    return build_model(encoder, config, shapes, 32), config
+
+
+def test_stage2_diagram_shows_the_tokens_after_each_block_and_the_two_optimisers():
+    model, config = _stage2_model()
+    d = diagrams.stage2_diagram(model, config)
+    encoder, levels, batch, optimisers = d.rows
+    # layers.2.blocks.3 .. layers.3.blocks.1: 3 blocks up to the second tap (2.3, 2.4, 2.5), 1 and 1 after
+    assert [b.state for b in encoder.blocks] == ["frozen", "partial", "partial", "partial"]
+    assert encoder.blocks[0].note == "4 units from patch_embed, cached"
+    # layers.1.downsample .. layers.2.blocks.3 (its frozen output) cached, layers.2.blocks.4-5 run every step
+    assert encoder.blocks[1].note == "Rein tokens after 3 blocks; 5 units cached; 2 run every step"
+    assert encoder.blocks[3].note == "Rein tokens after 1 block; 1 runs every step" and encoder.blocks[1].new > 0
+    assert d.spans == [(0, 0, 0, "frozen prefix: runs once per image, cached")]
+    assert [b.note for b in levels.blocks[:4]] == ["frozen features (cached)"] + ["changed by the tokens, in L_align"] * 3
+    assert levels.blocks[-1].label == "pyramid head" and levels.blocks[-1].state == "trains"
+    assert [b.label for b in batch.blocks] == ["(1) L_align", "(2) BCE on x_S", "(3) BCE on x_S->T"]
+    rein = sum(p.numel() for n, p in model.named_parameters() if "rein_" in n)
+    assert optimisers.blocks[0].trainable == optimisers.blocks[0].new == rein
+    assert optimisers.blocks[1].trainable == sum(p.numel() for p in model.trainable_parameters()) > rein
+    assert isinstance(d.draw(), Figure)
+    # only the deepest level aligned; no align step: one optimiser; no config: no training rows
+    d = diagrams.stage2_diagram(*_stage2_model(align_taps=(config.taps[-1],)))
+    assert [b.note for b in d.rows[1].blocks[1:4]] == ["changed by the tokens"] * 2 + ["changed by the tokens, in L_align"]
+    d = diagrams.stage2_diagram(*_stage2_model(steps=("source", "translated"), optimizer="adamw"))
+    assert [b.label for b in d.rows[3].blocks] == ["optimiser, steps (2)-(3)"] and "AdamW" in d.rows[3].blocks[0].note
+    assert len(diagrams.stage2_diagram(model).rows) == 2
+
+
+def test_stage2_diagram_with_tokens_on_the_levels_caches_the_whole_encoder():
+    model, config = _stage2_model(rein_placement="levels")
+    d = diagrams.stage2_diagram(model, config)
+    assert all(b.state == "frozen" and "cached" in b.note for b in d.rows[0].blocks)
+    assert d.spans[0][:3] == (0, 0, 3)
+    labels = [b.label for b in d.rows[1].blocks]
+    assert labels[:4] == ["level 1", "level 2: Rein tokens", "level 3: Rein tokens", "level 4: Rein tokens"]
+    assert d.rows[1].blocks[1].state == "trains" and d.rows[1].blocks[1].new > 0

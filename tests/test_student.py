@@ -12,14 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 #: Notebooks that must carry at least one exercise (others may be tagged later).
 WITH_EXERCISES = ("00_", "01_", "10_")
-#: Notebooks whose exercises, answers, diagram and references wait for a rewrite (issue 13: notebook 09 waits for
-#: the stage-2 rewrite); their checks are strict xfails, so they fail as soon as the notebook is done.
-PENDING = {"09": "notebook 09's exercises, answer key, diagram and references wait for the stage-2 rewrite"}
-
-
-def _pending(paths):
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=PENDING[p.name[:2]]))
-            if p.name[:2] in PENDING else p for p in paths]
 
 
 def _code(cell) -> str:
@@ -162,7 +154,7 @@ def test_exercises_are_announced_and_later_cells_never_need_a_solution(path):
             assert not used, f"{path.name}: a later cell uses {sorted(used)}, defined only in a solution cell"
 
 
-@pytest.mark.parametrize("path", _pending([p for p in NOTEBOOKS if p.name >= "01"]), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name >= "01"], ids=lambda p: p.name)
 def test_every_notebook_from_01_has_write_the_core_exercises(path):
     wanted = 2 if "05" <= path.name[:2] <= "09" else 1
     assert len(_core_exercises(path)) >= wanted, f"{path.name} needs {wanted} write-the-core exercise(s)"
@@ -188,7 +180,7 @@ def _questions(source: str) -> list[str]:
     return re.findall(r"^(\d+)\. ", block, flags=re.M)
 
 
-@pytest.mark.parametrize("path", _pending(NOTEBOOKS), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_question_is_answered_in_a_solution_cell_the_student_never_sees(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     blocks = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Questions" in c.source]
@@ -204,7 +196,7 @@ def test_every_question_is_answered_in_a_solution_cell_the_student_never_sees(pa
     assert not any(nb.cells[i + 1].source in c.source for c in out.cells for i in blocks)
 
 
-@pytest.mark.parametrize("path", _pending([p for p in NOTEBOOKS if p.name >= "01"]), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name >= "01"], ids=lambda p: p.name)
 def test_every_notebook_draws_its_method_and_ends_with_its_references(path):
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")

@@ -16,7 +16,7 @@ notebook    function                               draws
 06          :func:`tta_diagram`                    what each test-time method may change
 07          :func:`unet_diagram`                   the DDPM's U-Net, level by level
 08          :func:`stage1_diagram`                 content-conditioned DDPM + DIAA (MFM-DA stage 1)
-09          :func:`stage2_diagram`                 frozen encoder, Rein tokens, pyramid, head
+09          :func:`stage2_diagram`                 frozen encoder, tokens, levels, head, optimisers
 10          :func:`bootstrap_diagram`              the percentile bootstrap, from its resamples
 ==========  =====================================  ================================================
 """
@@ -214,31 +214,80 @@ def stage1_diagram(model: nn.Module, diaa: nn.Module) -> Diagram:
                    title="MFM-DA stage 1: the condition keeps the anatomy, the direction moves the style")
 
 
-def stage2_diagram(encoder: nn.Module, head: nn.Module | None = None) -> Diagram:
-    """MFM-DA stage 2: a :class:`~mfmda_lib.align.pyramid.PyramidEncoder` cut at its taps, its Rein tokens, the head."""
+def stage2_diagram(model: nn.Module, config=None) -> Diagram:
+    """MFM-DA stage 2 as a :class:`~mfmda_lib.align.stage2.Stage2Model` builds it, and how a batch trains it.
+
+    Rows: the frozen encoder cut at its taps (what is cached, which blocks get Rein tokens after them);
+    the pyramid levels (frozen, or changed by the tokens and aligned) and the head; with ``config``
+    (a :class:`~mfmda_lib.align.stage2.Stage2Config`): the steps of one batch, in order, and the two
+    optimisers of :func:`~mfmda_lib.align.stage2.make_optimizers` with the parameters each one updates.
+
+    Args:
+        model: ``encoder`` (a :class:`~mfmda_lib.align.pyramid.PyramidEncoder`) and ``head``.
+        config: the run's configuration; ``None``: the model only.
+    """
+    from ..align.rein import PREFIX
+
+    encoder = model.encoder
     names, modules = encoder.unit_names, dict(encoder._units)
-    cached = [n for n, role in encoder.roles() if "cached" in role]
+    cached = {n for n, role in encoder.roles() if "cached" in role}
+    adapted = set(encoder.adapted_units) if encoder.placement == "blocks" else set()
+    aligned = set(encoder.adapted_taps)
+    if config is not None:
+        aligned = aligned if config.align_taps is None else set(config.align_taps) & aligned
     segments, start = [], 0
     for tap in encoder.taps:
         end = names.index(tap) + 1
         segments.append((tap, names[start:end]))
         start = end
-    top, bottom, links = [], [], []
+    top, bottom, links, all_cached = [], [], [], []
     for c, (tap, units) in enumerate(segments):
-        note = "cached" if all(u in cached for u in units) else "runs every step"
-        top.append(module_block(f"up to {tap}", [modules[u] for u in units],
-                                note=f"{len(units)} units from {units[0]}, {note}"))
+        with_tokens = [u for u in units if u in adapted]
+        frozen = [u for u in units if u in cached]
+        all_cached.append(len(frozen) == len(units) and not with_tokens)
+        if all_cached[-1]:
+            note = f"{len(units)} units from {units[0]}, cached"
+        else:
+            n, runs = len(with_tokens), len(units) - len(frozen)
+            note = "; ".join(([f"Rein tokens after {n} block{'s' * (n != 1)}"] if n else [])
+                             + ([f"{len(frozen)} unit{'s' * (len(frozen) != 1)} cached"] if frozen else [])
+                             + [f"{runs} run{'s' * (runs == 1)} every step" if runs else "only the tokens run every step"])
+        top.append(module_block(f"up to {tap}", [modules[u] for u in units], note=note))
         key = tap.replace(".", "_")
-        tokens = encoder.rein_tokens[key] if encoder.placement == "levels" and key in encoder.rein_tokens else None
-        bottom.append(module_block(f"level {c + 1}: Rein tokens", tokens, note="on this level's output")
-                      if tokens is not None else Block(f"level {c + 1}", kind="data", note="as the encoder gives it"))
+        level = f"level {c + 1}"
+        if encoder.placement == "levels" and key in encoder.rein_tokens:
+            block = module_block(f"{level}: Rein tokens", encoder.rein_tokens[key], note="on this level's output")
+        elif tap in encoder.adapted_taps:
+            block = Block(level, kind="data", note="changed by the tokens" + (", in L_align" if tap in aligned else ""))
+        else:
+            block = Block(level, kind="data", note="frozen features (cached)" if tap in cached else "frozen features")
+        bottom.append(block)
         links.append(((0, c), (1, c)))
     if len(encoder.rein_projections):
-        bottom.append(module_block("shared W_T, W_delta", encoder.rein_projections))
-    if head is not None:
-        bottom.append(module_block("pyramid head", head, note="disc and cup logits"))
-    return Diagram([Row("encoder", top), Row("levels", bottom, chain=False)], links=links,
-                   title=f"MFM-DA stage 2 ({encoder.placement} placement): only the tokens and the head train")
+        bottom.append(module_block("shared W_T, W_delta, s", encoder.rein_projections, note="one set per width"))
+    bottom.append(module_block("pyramid head", model.head, note="disc and cup logits"))
+    rows = [Row("encoder", top), Row("levels", bottom, chain=False)]
+    n_cached = (all_cached + [False]).index(False)  # the leading segments that run once per image
+    spans = [(0, 0, n_cached - 1, "frozen prefix: runs once per image, cached")] if n_cached else []
+    if config is not None:
+        rein = [(name, p) for name, p in model.named_parameters() if PREFIX in name and p.requires_grad]
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        steps = {"align": Block("(1) L_align", kind="loss", note="source vs its translation, tokens only"),
+                 "source": Block("(2) BCE on x_S", kind="loss", note="disc + cup, with the source masks y"),
+                 "translated": Block("(3) BCE on x_S->T", kind="loss", note="disc + cup, the same masks y")}
+        run = [s for s in ("align", "source", "translated") if s in config.steps]
+        rows.append(Row("one batch", [steps[s] for s in run]))
+        kind = "SGD" if config.optimizer == "sgd" else "AdamW"
+        optimisers = [parameters_block("optimiser, steps (2)-(3)", trainable,
+                                       note=f"{kind}, lr {config.lr:g}, poly decay; every trainable parameter")]
+        if "align" in run:
+            optimisers.insert(0, parameters_block("align optimiser, step (1)", rein,
+                                                  note=f"SGD, lr {config.align_lr or config.lr:g}, constant; tokens only"))
+        rows.append(Row("optimisers", optimisers, chain=False))
+        links += [((2, c), (3, 0 if s == "align" or "align" not in run else 1)) for c, s in enumerate(run)]
+    return Diagram(rows, links=links, spans=spans,
+                   title=f"MFM-DA stage 2 ({encoder.placement} placement): the encoder stays frozen; "
+                         "only the tokens and the head train")
 
 
 def bootstrap_resamples(values: Sequence[float], *, n_resamples: int = 1000, confidence: float = 0.95,
