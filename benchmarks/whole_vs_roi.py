@@ -67,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def small_png(source: str | Path, out: str | Path, *, width: int = 960, colours: int = 256) -> Path:
-    """``source`` scaled to ``width`` pixels wide and saved as a palette PNG at ``out`` (for the README)."""
+    """``source`` scaled down to at most ``width`` pixels wide and saved as a palette PNG at ``out`` (for the README)."""
     from PIL import Image
 
     image = Image.open(source).convert("RGB")
-    image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+    if image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.quantize(colours).save(out, optimize=True)
