@@ -7,7 +7,8 @@ and their true disc-centred ROI crops into another, runs the pipeline's user-fol
 (stage 1 adapted from the folder's first K images, stage 2's MFM-DA model, masks mapped back onto
 the photographs; the ROI run with ``crop = "off"``), and scores both against the true full-image
 masks (:func:`mfmda_lib.roi.end_to_end.whole_vs_roi`). Prints the mean full-image disc and cup Dice
-of each input, their difference and each run's wall time; writes ``results/whole_vs_roi_<profile>.{md,json}``.
+of each input, their difference, each run's wall time in this call and each stage's wall time as it
+first ran (from the run's ``state.json``); writes ``results/whole_vs_roi_<profile>.{md,json}``.
 The two runs and their predictions (overlays included) stay in ``--work-dir``; a finished run is
 not repeated (the pipeline resumes), so ``--picture docs/images/whole_fundus_overlay.png --no-save``
 afterwards only writes the README's picture: the overlay of the first photograph, as the run drew it,
@@ -16,6 +17,7 @@ scaled down and stored with a 256-colour palette.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -50,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
                                                 cup_dice_std=("cup_dice", "std"), run_seconds=("seconds", "first"))
     print(f"\n{args.domain}, profile {profile.name}, torch threads {torch.get_num_threads()}: full-image Dice")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    # each stage's wall time as it first ran (a resumed run skips finished stages; state.json keeps their times)
+    stages = {name: {stage: info.get("seconds") for stage, info in
+                     json.loads((Path(work) / f"run_{name}" / "state.json").read_text())["stages"].items()}
+              for name in ("photographs", "rois")}
+    for name, times in stages.items():
+        print(f"run on the {name}: stage wall times as first run (s): "
+              + ", ".join(f"{stage} {seconds}" for stage, seconds in times.items()))
     gap = table.loc["photographs", "disc_dice"] - table.loc["true ROIs", "disc_dice"]
     print(f"disc Dice, photographs - true ROIs: {gap:+.3f} ({'within' if abs(gap) <= 0.05 else 'NOT within'} 0.05); "
           f"both runs {wall:.0f} s wall")
     if not args.no_save:
         written = save_result("whole_vs_roi", profile, table, rows=df.to_dict(orient="records"),
                               meta={"domain": args.domain, "disc_dice_gap": round(float(gap), 4),
-                                    "wall_seconds": round(wall, 1), "torch_threads": torch.get_num_threads(),
+                                    "wall_seconds": round(wall, 1), "stage_seconds": stages,
+                                    "torch_threads": torch.get_num_threads(),
                                     "work_dir": str(work)})
         print("wrote", written["md"])
     if args.picture:
