@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     table = df.groupby("input", sort=False).agg(n=("file", "size"), disc_dice=("disc_dice", "mean"),
                                                 disc_dice_std=("disc_dice", "std"), cup_dice=("cup_dice", "mean"),
-                                                cup_dice_std=("cup_dice", "std"), run_seconds=("seconds", "first"))
+                                                cup_dice_std=("cup_dice", "std"), seconds_this_call=("seconds", "first"))
     print(f"\n{args.domain}, profile {profile.name}, torch threads {torch.get_num_threads()}: full-image Dice")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     # each stage's wall time as it first ran (a resumed run skips finished stages; state.json keeps their times)
