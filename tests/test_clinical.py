@@ -212,6 +212,8 @@ def test_summarise_rows_groups_by_setting_and_screens():
     assert summary.loc["adapter", "cup_dice"] - summary.loc["frozen", "cup_dice"] == pytest.approx(0.1)
     assert summary.loc["frozen", "auc"] == 1.0
     assert reporting.summarise_rows(rows, CONFIG, domains=["riga_binrushed"]).empty
+    located = [{"domain": r["domain"], "sample_id": r["sample_id"], "error": 0.1} for r in rows]  # no metric at all
+    assert reporting.summarise_rows(located, CONFIG).empty
 
 
 def test_paired_difference_is_exact_for_a_constant_shift():

@@ -129,10 +129,10 @@ def summarise_rows(rows: Sequence[dict], config: ClinicalConfig, *,
     Returns:
         Index: the setting columns (or ``"all"``); columns ``n``, ``n_seeds``, ``<m>``, ``<m>_lo``,
         ``<m>_hi`` for each metric present, and ``auc``, ``auc_lo``, ``auc_hi`` when available.
-        Empty when no row is on ``domains``.
+        Empty when no row is on ``domains`` or no row holds a metric (e.g. a localisation benchmark's rows).
     """
     rows = [r for r in rows if r.get("domain") in set(domains)]
-    if not rows:
+    if not any(r.get(m) is not None for r in rows for m in metrics) and not any("vcdr_pred" in r for r in rows):
         return pd.DataFrame()
     settings = setting_columns(rows)
     groups: dict[tuple, list[dict]] = {}
