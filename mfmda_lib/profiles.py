@@ -321,7 +321,7 @@ SIZES: dict[str, tuple] = {
     "stage2_targets":         (("riga_binrushed",), ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor")),
-    "stage2_pairs":           (2, 16, 64, 64),
+    "stage2_pairs":           (1, 16, 64, 64),
     "stage2_test_per_domain": (2, 16, 100, 32),
     "stage2_warmup_epochs":   (15, 20, 10, 20),
     "stage2_ablations":       (("mfmda_last_level", "mfmda_levels", "mfmda_no_warmup"),
