@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import DOMAINS, FundusSample, generate_benchmark, load_benchmark
+from .data import FundusSample, generate_benchmark, load_benchmark
 from .evaluation.metrics import format_table
 from .evaluation.probe import ProbeResult, domain_probe
 from .evaluation.zero_shot import ZeroShotResult, zero_shot_segmentation
@@ -119,5 +119,3 @@ def save_result(name: str, profile: Profile, table: pd.DataFrame, *, rows: list[
         save_figure(figure, written["png"])
     return written
 
-
-DOMAIN_ORDER = list(DOMAINS)
