@@ -27,6 +27,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data import DOMAINS, benchmark_samples
+from ..data.photo import generate_photo, photo_roi_sample
+from ..models import pooled_embeddings
+
 __all__ = ["mmd2", "RealismResult", "compare_feature_sets", "measure_realism", "synthetic_image_sets",
            "PHOTO_SET"]
 
