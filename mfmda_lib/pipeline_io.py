@@ -242,7 +242,8 @@ def write_predictions(out: str | Path, target: TargetFolder, masks: list[tuple[n
         save_png(out / "roi" / "raw" / f"{stem}_mask.png", _label(raw_disc, raw_cup))
         disc, cup = clean_disc_cup(raw_disc, raw_cup)
         save_png(out / "roi" / f"{stem}_mask.png", _label(disc, cup))
-        full_disc, full_cup = item.box.paste(disc), item.box.paste(cup)
+        # again at full size: resizing the ROI mask down into a photograph can cut a thin bridge in two
+        full_disc, full_cup = clean_disc_cup(item.box.paste(disc), item.box.paste(cup))
         save_png(out / f"{stem}_mask.png", _label(full_disc, full_cup))
         save_png(out / "overlay" / f"{stem}.png", overlay_image(image, full_disc, full_cup, item.box, note=item.path.name))
         row.update(disc_x=round(loc.center[0], 1), disc_y=round(loc.center[1], 1), disc_diameter=round(loc.diameter, 1),

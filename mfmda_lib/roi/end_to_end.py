@@ -21,7 +21,7 @@ from ..evaluation.metrics import dice
 from ..io import read_mask, save_png
 from ..profiles import Profile
 from .box import RoiBox, roi_box
-from .postprocess import count_components
+from .postprocess import clean_disc_cup, count_components
 
 __all__ = ["whole_vs_roi"]
 
@@ -67,7 +67,7 @@ def whole_vs_roi(profile: Profile, domain: str, work_dir: str | Path, *, n_photo
             raw = read_mask(out / "roi" / "raw" / f"{p.photo_id}_mask.png")
             if name == "rois":  # a mask on the true ROI crop, mapped back through the true ROI box
                 box = roi_box(p.image.shape, p.disc_center, p.disc_diameter)
-                disc, cup = box.paste(disc), box.paste(cup)
+                disc, cup = clean_disc_cup(box.paste(disc), box.paste(cup))  # as write_predictions does at full size
             else:
                 box = boxes[f"{p.photo_id}.png"]
             raw_disc, raw_cup = box.paste(raw >= 128), box.paste(raw == 255)
