@@ -14,10 +14,10 @@ Two cues that every fundus photograph has, computed at a working resolution of
 The two maps, standardised over the field of view, are added; the maximum is the disc candidate.
 It is refined on the green channel (where the disc's outline is clearest; red saturates): the
 bright region around it gives a first centre, then a circle fitted to the disc's edge along rays
-gives the centre and the diameter, so the bright cup, off-centre, does not pull them. The circle is
-believed only when its diameter agrees with the bright region's (within :data:`RIM_AGREEMENT`);
-otherwise the region gives the centre, and its diameter times :data:`RIM_PER_REGION` the size. The expected
-size comes from the field of view (a 45-degree field: the disc is about an eighth of the field's
+gives the centre and the diameter, so the bright cup, off-centre, does not pull them. The circle
+is believed only when its diameter agrees with the bright region's (within :data:`RIM_AGREEMENT`);
+otherwise the region gives the centre, and its diameter times :data:`RIM_PER_REGION` the size.
+The expected size comes from the field of view (a 45-degree field: the disc is about an eighth of the field's
 width), and the diameter is kept within [0.6, 1.6] times it. The **confidence** combines how much the disc candidate stands out of the
 retina's brightness and how far the score map's peak rises above the rest; below
 :data:`CONFIDENCE_THRESHOLD` the disc is "not found": :func:`locate_disc` warns with
@@ -317,11 +317,14 @@ def locate_disc(image: np.ndarray, *, expected_diameter: float | None = None,
     rim = _fit_rim(green, cx, cy, d0)
     # Two estimates, cross-checked. The rim circle gives the better centre and size when it traced the
     # disc's edge; but it searches out to 0.8 d0, so where this eye's disc is smaller than the field
-    # of view predicts it can latch onto an edge outside the disc, and the circle (and its centre)
-    # is 1.4-2x too large. The bright region is cruder but never traces such an edge. So the rim is
-    # believed only when the two diameters agree within a third either way; otherwise the centre is
-    # the region's, and the size the region's corrected by the rim/region ratio the two have where
-    # they agree (RIM_PER_REGION, measured without labels), so the crop keeps the kit's scale.
+    # of view predicts, it can latch onto an edge outside the disc: the circle comes out 1.3-2x the
+    # bright region's diameter and its centre is pulled off. The bright region is cruder (its diameter
+    # runs about 10% small) but stays on the disc's bright area. So the rim is believed only when the
+    # two diameters agree within a third either way; otherwise the centre is the region's, and the
+    # size is the region's times the rim/region ratio where the two agree (RIM_PER_REGION, measured
+    # without labels), so the crop keeps the kit's scale. On the cpu benchmark's 104 test photographs:
+    # always the rim 94.2%, always the region 99.0% but diameters 0.90x (discs too big in their crops for the
+    # end-to-end test), rim refitted at the region's size 97.1%, this rule 98.1% within a quarter diameter.
     agree = rim is not None and 1 / RIM_AGREEMENT <= rim[2] / region_diameter <= RIM_AGREEMENT
     if agree:
         cx, cy, diameter = rim[0], rim[1], rim[2]
