@@ -323,8 +323,9 @@ def locate_disc(image: np.ndarray, *, expected_diameter: float | None = None,
     # two diameters agree within a third either way; otherwise the centre is the region's, and the
     # size is the region's times the rim/region ratio where the two agree (RIM_PER_REGION, measured
     # without labels), so the crop keeps the kit's scale. On the cpu benchmark's 104 test photographs:
-    # always the rim 94.2%, always the region 99.0% but diameters 0.90x (discs too big in their crops for the
-    # end-to-end test), rim refitted at the region's size 97.1%, this rule 98.1% within a quarter diameter.
+    # always the rim 94.2%; always the region 99.0%, but its diameters run 0.90x (this rule with the
+    # region's uncorrected diameter failed the end-to-end test: whole-vs-ROI gap 0.057 > 0.05); the rim
+    # refitted at the region's size 97.1%; this rule 98.1% within a quarter diameter.
     agree = rim is not None and 1 / RIM_AGREEMENT <= rim[2] / region_diameter <= RIM_AGREEMENT
     if agree:
         cx, cy, diameter = rim[0], rim[1], rim[2]
