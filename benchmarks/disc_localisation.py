@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from mfmda_lib.data.photo import generate_photo
     from mfmda_lib.experiments import save_result
     from mfmda_lib.roi import CONFIDENCE_THRESHOLD, count_dark_corners, locate_disc
+    from mfmda_lib.roi.localise import RIM_PER_REGION
 
     warnings.simplefilter("ignore")
     profile = get_profile(args.profile)
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                          "cpu_seconds": time.process_time() - cpu,
                          "error": float(np.hypot(loc.center[0] - p.disc_center[0], loc.center[1] - p.disc_center[1])
                                         / p.disc_diameter),
-                         "diameter_ratio": loc.diameter / p.disc_diameter, "confidence": loc.confidence})
+                         "diameter_ratio": loc.diameter / p.disc_diameter, "confidence": loc.confidence,
+                         "size_from": loc.evidence.get("size_from"),
+                         "rim_per_region": loc.evidence.get("rim_diameter", np.nan) / loc.evidence.get("region_diameter", np.nan)})
     if args.sam_photos:
         from mfmda_lib.models import load_model
         from mfmda_lib.profiles import get_device
@@ -137,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     kit = df[df.option == "classical"]
     print("\nclassical, per camera and eye (accuracy):")
     print(kit.groupby(["domain", "eye"])["within_quarter"].mean().unstack().to_string(float_format=lambda v: f"{v:.2f}"))
+    rim = kit.size_from == "rim"
+    print(f"classical: rim circle believed on {rim.sum()} of {len(kit)} photographs (accuracy {kit.within_quarter[rim].mean():.3f}), "
+          f"bright region used on {(~rim).sum()} (accuracy {kit.within_quarter[~rim].mean():.3f}); median rim/region "
+          f"diameter where they agree {kit.rim_per_region[rim].median():.3f} (the localiser uses RIM_PER_REGION = "
+          f"{RIM_PER_REGION}, measured on the train photographs)")
     print(f"classical: lowest confidence on a photograph {kit.confidence.min():.3f} (threshold {CONFIDENCE_THRESHOLD}); "
           f"photographs below the threshold: {(kit.confidence < CONFIDENCE_THRESHOLD).sum()}")
     if args.sam_photos:

@@ -7,8 +7,10 @@ and their true disc-centred ROI crops into another, runs the pipeline's user-fol
 (stage 1 adapted from the folder's first K images, stage 2's MFM-DA model, masks mapped back onto
 the photographs; the ROI run with ``crop = "off"``), and scores both against the true full-image
 masks (:func:`mfmda_lib.roi.end_to_end.whole_vs_roi`). Prints the mean full-image disc and cup Dice
-of each input, their difference, each run's wall time in this call and each stage's wall time as it
-first ran (from the run's ``state.json``); writes ``results/whole_vs_roi_<profile>.{md,json}``.
+of each input and their difference (raw predictions; ``_post``: the post-processed masks written
+for a user), the disc mask's mean number of connected pieces before and after post-processing,
+each run's wall time in this call and each stage's wall time as it first ran (from the run's
+``state.json``); writes ``results/whole_vs_roi_<profile>.{md,json}``.
 The two runs and their predictions (overlays included) stay in ``--work-dir``; a finished run is
 not repeated (the pipeline resumes), so ``--picture docs/images/whole_fundus_overlay.png --no-save``
 afterwards only writes the README's picture: the overlay of the first photograph, as the run drew it,
@@ -49,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     table = df.groupby("input", sort=False).agg(n=("file", "size"), disc_dice=("disc_dice", "mean"),
                                                 disc_dice_std=("disc_dice", "std"), cup_dice=("cup_dice", "mean"),
-                                                cup_dice_std=("cup_dice", "std"), seconds_this_call=("seconds", "first"))
-    print(f"\n{args.domain}, profile {profile.name}, torch threads {torch.get_num_threads()}: full-image Dice")
+                                                cup_dice_std=("cup_dice", "std"), disc_dice_post=("disc_dice_post", "mean"),
+                                                cup_dice_post=("cup_dice_post", "mean"),
+                                                disc_pieces_raw=("disc_components_raw", "mean"),
+                                                disc_pieces_post=("disc_components_post", "mean"),
+                                                seconds_this_call=("seconds", "first"))
+    print(f"\n{args.domain}, profile {profile.name}, torch threads {torch.get_num_threads()}: full-image Dice of the raw "
+          f"predictions and (_post) of the post-processed masks the run writes; mean connected pieces of the disc mask")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     # each stage's wall time as it first ran (a resumed run skips finished stages; state.json keeps their times)
     stages = {name: {stage: info.get("seconds") for stage, info in

@@ -30,6 +30,7 @@ from .io import DataError, atomic_write, atomic_write_json, read_image, save_png
 from .profiles import PROFILE_NAMES
 from .roi import (CONFIDENCE_THRESHOLD, DiscLocation, RoiBox, centre_box, count_dark_corners, locate_disc,
                   roi_box)
+from .roi.postprocess import clean_disc_cup, count_components
 
 __all__ = ["PipelineConfig", "load_config", "read_target_folder", "TargetImage", "TargetFolder",
            "write_predictions", "RunState", "IMAGE_SUFFIXES", "CROP_MODES"]
@@ -207,11 +208,14 @@ def read_target_folder(folder: str | Path, k: int, size: int, *, crop: str = "au
 def write_predictions(out: str | Path, target: TargetFolder, masks: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Path]:
     """Write the masks predicted on a folder's ROI crops, mapped back onto every image.
 
-    Per image ``<stem>``: ``roi/<stem>_mask.png`` (the ROI, as predicted), ``<stem>_mask.png`` (the
-    image's own ``H x W``), both 0 background, 128 disc, 255 cup; and ``overlay/<stem>.png``, the
-    photograph with the outlines and the ROI enlarged. An image without a findable disc gets an
+    Each predicted pair is first made anatomically plausible (:func:`~mfmda_lib.roi.postprocess.clean_disc_cup`:
+    the disc's largest connected component, holes filled; the cup's largest component inside it).
+    Per image ``<stem>``: ``roi/<stem>_mask.png`` (the ROI), ``<stem>_mask.png`` (the image's own
+    ``H x W``), both 0 background, 128 disc, 255 cup and post-processed; ``roi/raw/<stem>_mask.png``,
+    the network's raw ROI prediction; and ``overlay/<stem>.png``, the photograph with the
+    (post-processed) outlines and the ROI enlarged. An image without a findable disc gets an
     overlay that says so, and no mask. ``rois.csv`` lists each image's disc centre, diameter,
-    confidence and ROI box.
+    confidence, ROI box, and how many connected pieces the raw disc and cup predictions had.
 
     Args:
         out: the predictions folder.
@@ -234,13 +238,17 @@ def write_predictions(out: str | Path, target: TargetFolder, masks: list[tuple[n
             save_png(out / "overlay" / f"{stem}.png", overlay_image(image, None, None, note=note))
             rows.append(row)
             continue
-        disc, cup = next(predicted)
+        raw_disc, raw_cup = next(predicted)
+        save_png(out / "roi" / "raw" / f"{stem}_mask.png", _label(raw_disc, raw_cup))
+        disc, cup = clean_disc_cup(raw_disc, raw_cup)
         save_png(out / "roi" / f"{stem}_mask.png", _label(disc, cup))
-        full_disc, full_cup = item.box.paste(disc), item.box.paste(cup)
+        # again at full size: resizing the ROI mask down into a photograph can cut a thin bridge in two
+        full_disc, full_cup = clean_disc_cup(item.box.paste(disc), item.box.paste(cup))
         save_png(out / f"{stem}_mask.png", _label(full_disc, full_cup))
         save_png(out / "overlay" / f"{stem}.png", overlay_image(image, full_disc, full_cup, item.box, note=item.path.name))
         row.update(disc_x=round(loc.center[0], 1), disc_y=round(loc.center[1], 1), disc_diameter=round(loc.diameter, 1),
-                   **{f"roi_{k}": v for k, v in item.box.as_dict().items() if k in ("top", "left", "side")})
+                   **{f"roi_{k}": v for k, v in item.box.as_dict().items() if k in ("top", "left", "side")},
+                   disc_components_raw=count_components(raw_disc), cup_components_raw=count_components(raw_cup))
         rows.append(row)
     fields = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_write(out / "rois.csv", "w") as handle:

@@ -11,6 +11,7 @@ from mfmda_lib.evaluation.metrics import dice
 from mfmda_lib.io import DataError, read_image, read_mask, save_png
 from mfmda_lib.pipeline_io import (PipelineConfig, RunState, load_config, read_target_folder, write_predictions)
 from mfmda_lib.roi import DiscNotFoundWarning, centre_box
+from mfmda_lib.roi.postprocess import count_components
 
 
 def test_config_reads_toml_and_rejects_bad_keys_and_values(tmp_path):
@@ -100,6 +101,33 @@ def test_write_predictions_maps_masks_back_onto_each_photograph(tmp_path):
     assert not (tmp_path / "pred" / "z_black_mask.png").exists() and (files["overlays"] / "z_black.png").is_file()
     rows = files["rois"].read_text().splitlines()
     assert len(rows) == 4 and rows[-1].startswith("z_black.png,288,384,True,False")
+    assert rows[0].endswith("disc_components_raw,cup_components_raw") and rows[1].endswith(",1,1")
+
+
+def test_written_masks_are_post_processed_and_the_raw_roi_prediction_is_kept(tmp_path):
+    photos = [generate_photo("riga_messidor", i, width=384) for i in range(2)]
+    write_photo_folder(tmp_path / "clinic", photos)
+    target = read_target_folder(tmp_path / "clinic", k=2, size=128)
+    masks = []
+    for item, p in zip(target.usable, photos):
+        disc, cup = item.box.crop_mask(p.disc, 128), item.box.crop_mask(p.cup, 128)
+        disc, cup = disc.copy(), cup.copy()
+        disc[5:12, 5:12] = True  # a stray blob at the crop's corner (a vessel reflex)
+        cup[118:124, 118:124] = True  # a "cup" outside the disc
+        disc[np.nonzero(disc)[0].mean().astype(int), np.nonzero(disc)[1].mean().astype(int)] = False  # a hole
+        masks.append((disc, cup))
+    files = write_predictions(tmp_path / "pred", target, masks)
+    for (raw_disc, raw_cup), item, p in zip(masks, target.usable, photos):
+        label = read_mask(tmp_path / "pred" / "roi" / f"{p.photo_id}_mask.png")
+        raw = read_mask(tmp_path / "pred" / "roi" / "raw" / f"{p.photo_id}_mask.png")
+        np.testing.assert_array_equal(raw >= 128, raw_disc | raw_cup)  # the network's output, as predicted
+        truth_disc, truth_cup = item.box.crop_mask(p.disc, 128), item.box.crop_mask(p.cup, 128)
+        np.testing.assert_array_equal(label >= 128, truth_disc)  # blob gone, hole filled, stray cup gone
+        np.testing.assert_array_equal(label == 255, truth_cup)
+        full = read_mask(tmp_path / "pred" / f"{p.photo_id}_mask.png")
+        assert dice(full >= 128, p.disc) > 0.95 and count_components(full >= 128) == 1
+    rows = files["rois"].read_text().splitlines()
+    assert all(row.endswith(",2,2") for row in rows[1:])  # the raw disc and cup had two pieces each
     with pytest.raises(ValueError, match="mask pairs"):
         write_predictions(tmp_path / "pred", target, masks[:1])
 

@@ -5,7 +5,9 @@ their true disc-centred ROI crops (the kit's convention around the *true* disc) 
 ``mfmda run --target-folder`` on each (photographs: discs found, cropped, masks mapped back;
 ROIs: ``crop = "off"``); and scores both against the true full-image masks (the ROI run's masks
 are mapped back through the true ROI boxes). What separates the two numbers is the localiser, the
-crop and the back-mapping, which is what the whole-photograph path adds.
+crop and the back-mapping, which is what the whole-photograph path adds. Both are scored on the
+network's raw masks (``roi/raw/``, mapped back) and on the post-processed masks the run writes for
+a user (:func:`~mfmda_lib.roi.postprocess.clean_disc_cup`), with the raw disc's number of pieces.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from ..data.photo import generate_photo, photo_roi_sample, write_photo_folder
 from ..evaluation.metrics import dice
 from ..io import read_mask, save_png
 from ..profiles import Profile
-from .box import roi_box
+from .box import RoiBox, roi_box
+from .postprocess import clean_disc_cup, count_components
 
 __all__ = ["whole_vs_roi"]
 
@@ -35,7 +38,9 @@ def whole_vs_roi(profile: Profile, domain: str, work_dir: str | Path, *, n_photo
 
     Returns:
         One row per (input, photograph): ``input`` (``photographs`` | ``true ROIs``), ``file``,
-        ``disc_dice``, ``cup_dice``, and the run's ``seconds`` on every row.
+        ``disc_dice``, ``cup_dice`` (raw predictions), ``disc_dice_post``, ``cup_dice_post`` (the
+        written, post-processed masks), ``disc_components_raw``, ``disc_components_post`` (connected
+        pieces of the full-image disc mask) and the run's ``seconds`` on every row.
     """
     from ..pipeline import run_pipeline
     from ..pipeline_io import PipelineConfig
@@ -54,12 +59,29 @@ def whole_vs_roi(profile: Profile, domain: str, work_dir: str | Path, *, n_photo
         start = time.perf_counter()
         result = run_pipeline(config, progress=progress, log=log)
         seconds = round(time.perf_counter() - start, 1)
+        out = result.files["predictions"]
+        boxes = _roi_boxes(out / "rois.csv") if name == "photographs" else {}
         for p in photos:
-            label = read_mask(result.files["predictions"] / f"{p.photo_id}_mask.png")
+            label = read_mask(out / f"{p.photo_id}_mask.png")
             disc, cup = label >= 128, label == 255
+            raw = read_mask(out / "roi" / "raw" / f"{p.photo_id}_mask.png")
             if name == "rois":  # a mask on the true ROI crop, mapped back through the true ROI box
                 box = roi_box(p.image.shape, p.disc_center, p.disc_diameter)
-                disc, cup = box.paste(disc), box.paste(cup)
+                disc, cup = clean_disc_cup(box.paste(disc), box.paste(cup))  # as write_predictions does at full size
+            else:
+                box = boxes[f"{p.photo_id}.png"]
+            raw_disc, raw_cup = box.paste(raw >= 128), box.paste(raw == 255)
             rows.append({"input": "photographs" if name == "photographs" else "true ROIs", "file": p.photo_id,
-                         "disc_dice": dice(disc, p.disc), "cup_dice": dice(cup, p.cup), "seconds": seconds})
+                         "disc_dice": dice(raw_disc, p.disc), "cup_dice": dice(raw_cup, p.cup),
+                         "disc_dice_post": dice(disc, p.disc), "cup_dice_post": dice(cup, p.cup),
+                         "disc_components_raw": count_components(raw_disc), "disc_components_post": count_components(disc),
+                         "seconds": seconds})
     return pd.DataFrame(rows)
+
+
+def _roi_boxes(rois_csv: Path) -> dict[str, RoiBox]:
+    """The ROI box of each photograph whose disc was found, from a predictions folder's ``rois.csv``."""
+    table = pd.read_csv(rois_csv)
+    return {row.file: RoiBox(top=int(row.roi_top), left=int(row.roi_left), side=int(row.roi_side),
+                             height=int(row.height), width=int(row.width))
+            for row in table.itertuples() if row.disc_found}
