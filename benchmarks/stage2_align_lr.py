@@ -15,6 +15,9 @@ of the last epoch (before that batch's step (1)) and the test Dice, beside ``tra
 - the sweep, on ``--sweep-target`` with every seed of the profile;
 - the value ``--compare-lr`` on every target of the profile, every seed.
 
+With ``--both`` the value scales both optimisers (the whole budget, the authors' balance of the two rates
+kept), compared with ``translation_only`` at the same rate (``results/stage2_align_lr_both_<profile>``).
+
 ``L_align`` needs no label, so the value at which the alignment acts can be read from it without the
 test masks. Writes ``results/stage2_align_lr_<profile>.{md,json}`` and a figure.
 """
@@ -31,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default="0.01,0.1,1", help="align_lr values of the sweep (comma-separated)")
     parser.add_argument("--sweep-target", default="riga_binrushed")
     parser.add_argument("--compare-lr", type=float, default=1.0, help="align_lr run on every target")
+    parser.add_argument("--both", action="store_true",
+                        help="scale both optimisers' lr (steps (1) and (2)-(3)), and compare with translation_only at "
+                             "the same lr; writes stage2_align_lr_both_<profile>")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
 
@@ -48,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     sweep = [float(v) for v in args.sweep.split(",") if v]
     base_lr = stage2.stage2_config(profile).lr
 
-    def method(lr: float) -> str:
+    def method(lr: float, base: str = "mfmda") -> str:
         if lr == base_lr:
-            return "mfmda"
-        name = f"mfmda_align_lr_{lr:g}"
-        METHODS.setdefault(name, Method(name, f"MFM-DA, step (1) at lr {lr:g}", "stage1",
-                                        ("align", "source", "translated"), (("align_lr", lr),)))
+            return base
+        name = f"{base}_{'lr' if args.both else 'align_lr'}_{lr:g}"
+        changes = (("lr", lr), ("align_lr", lr)) if args.both else (("align_lr", lr),)
+        if base == "mfmda":
+            METHODS.setdefault(name, Method(name, f"MFM-DA, {'every step' if args.both else 'step (1)'} at lr {lr:g}",
+                                            "stage1", ("align", "source", "translated"), changes))
+        else:
+            METHODS.setdefault(name, Method(name, f"translation only at lr {lr:g}", "stage1",
+                                            ("source", "translated"), changes[:1]))
         return name
 
     source = stage2.source_samples(profile)
@@ -61,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     translated, origin = stage2.translations(profile, targets, source=source)
     seeds = stage2.stage2_seeds(profile)
     start = time.perf_counter()
-    runs = {args.sweep_target: sorted({base_lr, *sweep, args.compare_lr})}
+    runs = {} if args.both else {args.sweep_target: sorted({base_lr, *sweep, args.compare_lr})}
     for t in targets:
         runs.setdefault(t, sorted({base_lr, args.compare_lr}))
     rows, curves, all_rows = [], {}, []
     for target, lrs in runs.items():
         names = ["translation_only", *[method(lr) for lr in lrs]]
+        if args.both:
+            names.append(method(args.compare_lr, "translation_only"))
         test = {target: stage2.test_samples(profile, [target])[target]}
         histories, scored = {}, []
         for seed in seeds:  # one call per seed: run_stage2 trains non-headline methods with its first seed only
@@ -75,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             histories.update(result.histories)
             scored += result.rows
         scores = pd.DataFrame(scored)
-        for name, lr in [("translation_only", None), *zip(names[1:], lrs)]:
+        references = [("translation_only", None)] + ([(names[-1], None)] if args.both else [])
+        for name, lr in [*references, *zip(names[1:], lrs)]:
             s = scores[scores["method"] == name]
-            row = {"target": target, "align_lr": "- (translation_only)" if lr is None else f"{lr:g}",
+            row = {"target": target, "align_lr": f"- ({name})" if lr is None else f"{lr:g}",
                    "disc_dice": s["disc_dice"].mean(), "cup_dice": s["cup_dice"].mean(), "n": len(s)}
             if lr is not None:
                 first, last = [], []
@@ -92,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         all_rows += scored
     compared = ["all targets: " + stats.compare(all_rows, metric, m, b).sentence()
-                for m, b in ((method(args.compare_lr), "mfmda"), (method(args.compare_lr), "translation_only"))
+                for m, b in ((method(args.compare_lr), "mfmda"), (method(args.compare_lr), "translation_only"),
+                             *([(method(args.compare_lr), method(args.compare_lr, "translation_only"))]
+                               if args.both else []))
                 for metric in ("disc_dice", "cup_dice")]
     table = pd.DataFrame(rows).set_index(["target", "align_lr"])
     print(table.round(4).to_string())
@@ -103,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for lr in runs[args.sweep_target]:
             c = np.mean(curves[(args.sweep_target, lr)], axis=0)
-            ax.plot(range(len(c)), c, marker="o", label=f"align_lr {lr:g}" + (" (authors)" if lr == base_lr else ""))
+            ax.plot(range(len(c)), c, marker="o", label=f"{'lr' if args.both else 'align_lr'} {lr:g}" + (" (authors)" if lr == base_lr else ""))
         ax.set_xlabel("epoch (first batch, before step 1; last point: after the last step)")
         ax.set_ylabel("L_align")
         ax.set_yscale("log")
         ax.set_title(f"{args.sweep_target}: does step (1) move the tokens?")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        save_result("stage2_align_lr", profile, table.round(4), rows=rows, figure=fig,
+        save_result("stage2_align_lr_both" if args.both else "stage2_align_lr", profile, table.round(4), rows=rows, figure=fig,
                     meta={"seeds": seeds, "phase2_steps": profile.stage2_epochs * -(-profile.stage2_pairs
                                                                                        // profile.stage2_batch_size),
                           "seconds_this_run (trained models are reused)": round(seconds), "paired_differences": compared})
