@@ -127,6 +127,10 @@ class Profile:
             the first of stage 1's translated list.
         stage2_test_per_domain: test images per domain scored in notebook 09.
         stage2_warmup_epochs: epochs of the shared source-only warm-up every stage-2 method starts from.
+        stage2_ablations: the ablations notebook 09 trains on one target (names in
+            ``mfmda_lib.align.experiment.ABLATIONS``): all of them outside ``ci``; ``ci`` runs only those whose
+            code no other cell of the notebook runs (AdamW runs in section 4 and in every warm-up, a head
+            without tokens in every warm-up, aligning the deepest level only in ``mfmda_last_level``).
         stage2_epochs: epochs of each stage-2 method after the warm-up (three optimizer steps per
             batch for MFM-DA).
         stage2_batch_size: source/translation pairs per stage-2 step.
@@ -207,6 +211,7 @@ class Profile:
     stage2_pairs: int
     stage2_test_per_domain: int
     stage2_warmup_epochs: int
+    stage2_ablations: tuple
     stage2_epochs: int
     stage2_batch_size: int
     photo_width: int
@@ -316,9 +321,16 @@ SIZES: dict[str, tuple] = {
     "stage2_targets":         (("riga_binrushed",), ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor")),
-    "stage2_pairs":           (2, 16, 64, 64),
+    "stage2_pairs":           (1, 16, 64, 64),
     "stage2_test_per_domain": (2, 16, 100, 32),
-    "stage2_warmup_epochs":   (30, 20, 10, 20),
+    "stage2_warmup_epochs":   (15, 20, 10, 20),
+    "stage2_ablations":       (("mfmda_last_level", "mfmda_levels", "mfmda_no_warmup"),
+                               ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last", "mfmda_adamw", "mfmda_levels",
+                                "mfmda_no_warmup"),
+                               ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last", "mfmda_adamw", "mfmda_levels",
+                                "mfmda_no_warmup"),
+                               ("mfmda_no_rein", "mfmda_last_level", "mfmda_align_last", "mfmda_adamw", "mfmda_levels",
+                                "mfmda_no_warmup")),
     "stage2_epochs":          (1, 4, 15, 20),
     "stage2_batch_size":      (2, 4, 8, 8),
     "photo_width":            (512, 1024, 1024, 1024),

@@ -214,3 +214,19 @@ def test_a_same_seed_rerun_from_scratch_repeats_every_number_and_another_seed_do
     assert rows["a"] == rows["b"] and len(weights["a"]) == len(weights["b"]) >= 3
     assert all(torch.equal(x, y) for x, y in zip(weights["a"], weights["b"]))
     assert not any(torch.equal(x, y) for x, y in zip(weights["a"], weights["c"]) if x.shape == y.shape)
+
+
+def test_profiles_train_known_ablations_and_ci_keeps_every_code_path_no_other_cell_runs():
+    from mfmda_lib.profiles import PROFILES
+
+    for name, profile in PROFILES.items():
+        assert set(profile.stage2_ablations) <= set(experiment.ABLATIONS), name
+        assert len(set(profile.stage2_ablations)) == len(profile.stage2_ablations), name
+        if name != "ci":  # the real runs train every ablation
+            assert tuple(profile.stage2_ablations) == experiment.ABLATIONS, name
+    ci = [experiment.METHODS[m] for m in PROFILES["ci"].stage2_ablations]
+    changed = {field for m in ci for field, _ in m.changes}
+    # notebook 09 runs AdamW (section 4, every warm-up) and a head without tokens (every warm-up) elsewhere; what
+    # only an ablation runs: another head (deepest level, aligned alone), the `levels` placement, no warm-up
+    assert {"head_levels", "align_taps", "rein_placement"} <= changed
+    assert any(not m.warm_up for m in ci)

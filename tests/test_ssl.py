@@ -398,6 +398,41 @@ def test_select_encoder_lr_gives_each_encoder_its_best_rate(monkeypatch):
         run_label_budgets(profile, {"random": "random", "mae": "mae"}, config={"random": DownstreamConfig()})
 
 
+def test_encoder_lr_configs_reads_notebook_02s_selection_else_selects(monkeypatch, tmp_path):
+    import pandas as pd
+
+    import mfmda_lib.ssl.experiment as ssl_experiment
+    from mfmda_lib.experiments import save_result
+    from mfmda_lib.ssl import ENCODER_LR_GRID, LR_SELECTION_RESULT, LRSelection, encoder_lr_configs
+
+    monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path / "results"))
+    profile = get_profile("ci")
+    encoders = {"random": "random", "mae": "mae"}
+    selected_now = []
+
+    def fake_select(profile, encoders, *, config, progress):
+        selected_now.append(sorted(encoders))
+        best = {init: ENCODER_LR_GRID[0] for init in encoders}
+        return LRSelection(pd.DataFrame(), best, {i: DownstreamConfig(lr_encoder=lr) for i, lr in best.items()})
+
+    monkeypatch.setattr(ssl_experiment, "select_encoder_lr", fake_select)
+    configs, origin = encoder_lr_configs(profile, encoders)  # nothing saved: selects now
+    assert origin == "selected now" and selected_now == [["mae", "random"]]
+    assert {i: c.lr_encoder for i, c in configs.items()} == {"random": ENCODER_LR_GRID[0], "mae": ENCODER_LR_GRID[0]}
+
+    chosen = {"random": ENCODER_LR_GRID[0], "mae": ENCODER_LR_GRID[-1], "dino": ENCODER_LR_GRID[0]}
+    save_result(LR_SELECTION_RESULT, profile, pd.DataFrame({"x": [1]}),
+                meta={"chosen": chosen, "grid": list(ENCODER_LR_GRID)})  # as notebook 02 saves it
+    configs, origin = encoder_lr_configs(profile, encoders, config=DownstreamConfig(lr_head=1e-2))
+    assert origin.endswith(f"{LR_SELECTION_RESULT}_ci.json") and len(selected_now) == 1  # read, not selected again
+    assert {i: c.lr_encoder for i, c in configs.items()} == {"random": chosen["random"], "mae": chosen["mae"]}
+    assert all(c.lr_head == 1e-2 for c in configs.values())  # every other field from the given config
+
+    save_result(LR_SELECTION_RESULT, profile, pd.DataFrame({"x": [1]}), meta={"chosen": chosen, "grid": [1e-2]})
+    encoder_lr_configs(profile, encoders)  # made on another grid: not trusted, selected again
+    assert len(selected_now) == 2
+
+
 def test_label_mean_vcdr_uses_the_reported_draws_and_scores_per_hospital(monkeypatch):
     import mfmda_lib.experiments as experiments_module
     import mfmda_lib.ssl.experiment as ssl_experiment

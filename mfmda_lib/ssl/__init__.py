@@ -12,16 +12,16 @@ pretrained weights for later notebooks, and :mod:`.verdict` turns the numbers in
 95% intervals over draws and test images.
 
 Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretrain),
-``train_downstream``, ``evaluate``, ``select_encoder_lr``, ``run_label_budgets``, ``label_mean_vcdr``,
-``verdict``, ``takeaways``.
+``train_downstream``, ``evaluate``, ``select_encoder_lr`` (``encoder_lr_configs``: its saved choice),
+``run_label_budgets``, ``label_mean_vcdr``, ``verdict``, ``takeaways``.
 """
 from .dino import (DINO, DINOConfig, camera_jitter, dino_loss, ema_update, local_crop_side, multi_crop,
                    teacher_entropy, update_center)
 from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
                          budget_subset, evaluate, train_downstream, trainable_share)
-from .experiment import (ENCODER_LR_GRID, METHODS, TASK_SCORES, LRSelection, SSLBenchmark, label_mean_rows,
-                         label_mean_vcdr, pretrained_encoder, pretraining_steps, run_label_budgets, select_encoder_lr,
-                         to_uint8, validation_samples, vit_config, warmup_cosine)
+from .experiment import (ENCODER_LR_GRID, LR_SELECTION_RESULT, METHODS, TASK_SCORES, LRSelection, SSLBenchmark,
+                         encoder_lr_configs, label_mean_rows, label_mean_vcdr, pretrained_encoder, pretraining_steps,
+                         run_label_budgets, select_encoder_lr, to_uint8, validation_samples, vit_config, warmup_cosine)
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
 from .pool import pool_domains, unlabelled_pool
 from .verdict import (collapse_check, model_comparison, smallest_budget_comparison, takeaways, vcdr_reference_comparison,
@@ -37,7 +37,8 @@ __all__ = [
     "train_downstream", "evaluate", "ALL_PROTOCOLS", "trainable_share",
     "unlabelled_pool", "pool_domains",
     "METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
-    "ENCODER_LR_GRID", "LRSelection", "validation_samples", "select_encoder_lr",
+    "ENCODER_LR_GRID", "LRSelection", "validation_samples", "select_encoder_lr", "LR_SELECTION_RESULT",
+    "encoder_lr_configs",
     "run_label_budgets", "label_mean_vcdr", "label_mean_rows", "smallest_budget_comparison", "verdict",
     "model_comparison", "vcdr_reference_comparison", "collapse_check", "takeaways", "to_uint8", "vit_config",
 ]

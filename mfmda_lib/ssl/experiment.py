@@ -42,7 +42,8 @@ from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
 __all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
            "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples",
-           "LRSelection", "select_encoder_lr", "run_label_budgets", "label_mean_vcdr", "label_mean_rows"]
+           "LRSelection", "select_encoder_lr", "LR_SELECTION_RESULT", "encoder_lr_configs", "run_label_budgets",
+           "label_mean_vcdr", "label_mean_rows"]
 
 #: Self-supervised methods and their config classes.
 METHODS = {"mae": MAEConfig, "dino": DINOConfig}
@@ -54,6 +55,9 @@ MAE_CROP_SCALE = (0.5, 1.0)
 WARMUP_FRACTION = 0.05
 #: Encoder learning rates that :func:`select_encoder_lr` tries for each encoder before fine-tuning.
 ENCODER_LR_GRID: tuple[float, ...] = (3e-4, 1e-3)
+#: The result notebook 02 saves its selection under (``<results>/ssl_lr_selection_<profile>.json``, ``meta.chosen``);
+#: :func:`encoder_lr_configs` reads it, so every notebook fine-tunes an encoder at the rate chosen for it.
+LR_SELECTION_RESULT = "ssl_lr_selection"
 #: Selection draws use seeds ``profile.seed + SELECTION_SEED_OFFSET + d``: never the seeds of the reported draws.
 SELECTION_SEED_OFFSET = 100
 
@@ -348,6 +352,32 @@ def select_encoder_lr(profile: Profile, encoders: dict[str, ViTEncoder], *, grid
     table["score"] = table[["disc_dice", "cup_dice"]].mean(axis=1)
     best = {init: float(table.loc[init, "score"].idxmax()) for init in encoders}
     return LRSelection(table, best, {init: replace(config, lr_encoder=lr) for init, lr in best.items()})
+
+
+def encoder_lr_configs(profile: Profile, encoders: dict[str, ViTEncoder], *, config: DownstreamConfig | None = None,
+                       progress: bool = True) -> tuple[dict[str, DownstreamConfig], str]:
+    """Each encoder's fine-tuning config at the ``lr_encoder`` notebook 02's selection chose for it.
+
+    Reads the selection notebook 02 saved for this profile (:data:`LR_SELECTION_RESULT` in
+    ``paths().results``, its ``meta.chosen``) when it was made on :data:`ENCODER_LR_GRID` and covers every
+    init of ``encoders``; otherwise selects now with :func:`select_encoder_lr` (same validation images,
+    draws and grid). Every other field comes from ``config`` (default :class:`DownstreamConfig`).
+
+    Returns:
+        ``({init: config}, origin)``: origin names the file the rates were read from, or ``"selected now"``.
+    """
+    from ..evaluation.reporting import load_result
+
+    config = config or DownstreamConfig()
+    saved = load_result(paths().results, LR_SELECTION_RESULT, profile.name)
+    meta = (saved or {}).get("meta", {})
+    chosen = meta.get("chosen") or {}
+    grid = [float(lr) for lr in meta.get("grid", [])]
+    if grid == [float(lr) for lr in ENCODER_LR_GRID] and all(chosen.get(init) in grid for init in encoders):
+        origin = str(paths().results / f"{LR_SELECTION_RESULT}_{profile.name}.json")
+        return {init: replace(config, lr_encoder=float(chosen[init])) for init in encoders}, origin
+    selection = select_encoder_lr(profile, encoders, config=config, progress=progress)
+    return {init: selection.configs[init] for init in encoders}, "selected now"
 
 
 def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
