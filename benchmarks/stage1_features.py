@@ -24,11 +24,11 @@ import torch
 
 from mfmda_lib.diffusion.adaptation import Stage1Config, adapt
 from mfmda_lib.diffusion.comparison import gap_meter
-from mfmda_lib.diffusion.ddpm import alphas_cumprod, build_scheduler, to_tensor
+from mfmda_lib.diffusion.ddpm import alphas_cumprod, build_scheduler, to_signed_tensor
 from mfmda_lib.diffusion.features import FrozenFeatureEncoder
 from mfmda_lib.diffusion.metrics import structure_preservation
 from mfmda_lib.diffusion.source import load_source_ddpm
-from mfmda_lib.diffusion.stage1 import source_samples, stage1_config, target_samples, translate_config
+from mfmda_lib.diffusion.stage1 import sources_to_translate, stage1_config, target_samples, translate_config
 from mfmda_lib.diffusion.translate import to_full_resolution, translate
 from mfmda_lib.experiments import model_and_cache, save_result
 from mfmda_lib.profiles import PROFILES, get_profile
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     profile = get_profile(args.profile)
     steps = args.steps or profile.stage1_steps
     segmenter, cache = model_and_cache("litemedsam")
-    sources, targets = source_samples(profile), target_samples(profile, args.target)
+    sources, targets = sources_to_translate(profile), target_samples(profile, args.target)
     model, ddpm, _ = load_source_ddpm(profile, progress=False)
-    x_source = to_tensor([s.image for s in sources], ddpm.image_size)
-    x_target = to_tensor([s.image for s in targets], ddpm.image_size)
+    x_source = to_signed_tensor([s.image for s in sources], ddpm.image_size)
+    x_target = to_signed_tensor([s.image for s in targets], ddpm.image_size)
     alpha_bar = alphas_cumprod(ddpm)
     n = profile.stage1_eval_images
     gap = gap_meter(profile, args.target, segmenter, cache)

@@ -2,7 +2,9 @@
 
 Each function takes a :class:`~mfmda_lib.profiles.Profile` (every size comes from it), uses
 the on-disk benchmark and frozen-encoder cache (load if present, else compute), and returns
-plain results that the caller prints or plots.
+plain results that the caller prints or plots. ``prepare_benchmark`` / ``benchmark_samples`` (from
+:mod:`mfmda_lib.data`) and ``model_and_cache`` (from :mod:`mfmda_lib.models`) are re-exported here for
+the notebooks.
 """
 from __future__ import annotations
 
@@ -17,39 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import DOMAINS, FundusSample, generate_benchmark, load_benchmark
+from .data import FundusSample, benchmark_samples, prepare_benchmark
 from .evaluation.metrics import format_table
 from .evaluation.probe import ProbeResult, domain_probe
 from .evaluation.zero_shot import ZeroShotResult, zero_shot_segmentation
 from .io import atomic_write, atomic_write_json
-from .models import EmbeddingCache, PromptableSegmenter, load_model, pooled_embeddings
+from .models import EmbeddingCache, PromptableSegmenter, model_and_cache, pooled_embeddings
 from .profiles import Profile, get_device, paths
 
 __all__ = ["prepare_benchmark", "benchmark_samples", "model_and_cache", "run_zero_shot", "DomainShiftResult",
            "measure_domain_shift", "save_result"]
-
-
-def prepare_benchmark(profile: Profile, severity: float | None = None, *, progress: bool = True) -> Path:
-    """Generate (or reuse) the synthetic benchmark for ``profile`` at ``severity`` (default: the profile's)."""
-    severity = profile.severity if severity is None else severity
-    return generate_benchmark(paths().data, train_per_domain=profile.train_per_domain,
-                              test_per_domain=profile.test_per_domain, size=profile.image_size,
-                              severity=severity, seed=profile.seed, progress=progress)
-
-
-def benchmark_samples(profile: Profile, split: str = "test", n_per_domain: int | None = None,
-                      severity: float | None = None, domains: Sequence[str] | None = None) -> list[FundusSample]:
-    """The first ``n_per_domain`` samples of each domain of the profile's benchmark, loaded into memory."""
-    out = prepare_benchmark(profile, severity, progress=False)
-    dataset = load_benchmark(out, split, domains)
-    return list(dataset.take(n_per_domain or profile.eval_per_domain))
-
-
-def model_and_cache(name: str = "litemedsam", device: torch.device | None = None,
-                    checkpoint: str | Path | None = None) -> tuple[PromptableSegmenter, EmbeddingCache]:
-    """A frozen foundation model and its on-disk encoder cache under ``paths().cache``."""
-    model = load_model(name, device=device or get_device(), checkpoint=checkpoint)
-    return model, EmbeddingCache(paths().cache / "embeddings", model.cache_key)
 
 
 def run_zero_shot(profile: Profile, model: PromptableSegmenter, cache: EmbeddingCache | None = None, *,
@@ -119,5 +98,3 @@ def save_result(name: str, profile: Profile, table: pd.DataFrame, *, rows: list[
         save_figure(figure, written["png"])
     return written
 
-
-DOMAIN_ORDER = list(DOMAINS)

@@ -243,19 +243,19 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, target: TargetFol
     from .align.experiment import predict_target_masks
     from .align.experiment import source_samples as stage2_source
     from .diffusion.source import load_source_ddpm
-    from .diffusion.stage1 import feature_encoder, run_stage1, source_samples, stage1_config, translate_config
-    from .diffusion.ddpm import to_tensor
+    from .diffusion.stage1 import feature_encoder, run_stage1, sources_to_translate, stage1_config, translate_config
+    from .diffusion.ddpm import to_signed_tensor
 
     name = _folder_name(config.target_folder)
     run_dir = result.run_dir
     user_images = target.crops  # the kit's disc-centred ROIs of the images whose disc was found
-    source = source_samples(profile)
+    source = sources_to_translate(profile)
     cache = run_dir / "translations" / f"{name}.npz"
 
     def stage1() -> dict:
         model, ddpm, _ = load_source_ddpm(profile, accelerator=accelerator, progress=progress)
         images = [s.image for s in source]
-        encoder = feature_encoder(profile, to_tensor(images, ddpm.image_size), accelerator.device)
+        encoder = feature_encoder(profile, to_signed_tensor(images, ddpm.image_size), accelerator.device)
         out = run_stage1(images, user_images[:profile.stage1_k_target], source_model=model, ddpm=ddpm, encoder=encoder, variant="mfmda",
                          adapt_config=stage1_config(profile), translate_cfg=translate_config(profile),
                          accelerator=accelerator, checkpoint=run_dir / "stage1" / name / "adapt.pt", progress=progress)

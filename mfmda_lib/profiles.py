@@ -80,7 +80,6 @@ class Profile:
         ssl_downstream_steps: optimisation steps of each notebook-02 probe / fine-tuning run (whatever the budget).
         ssl_select_draws: draws of labelled images per candidate when each encoder's fine-tuning learning
             rate is chosen on validation images (notebook 02).
-        finetune_epochs: epochs of each downstream probe / fine-tuning run (notebooks 03-04).
         # -- notebooks 03-04 (fine-tuning strategies, PEFT): document new fields here --
         ft_train_images: labelled source images that fine-tuning / PEFT runs train on (notebooks 03-04).
         ft_val_images: further source images held out for early stopping on the validation loss.
@@ -172,7 +171,6 @@ class Profile:
     ssl_label_draws: int
     ssl_downstream_steps: int
     ssl_select_draws: int
-    finetune_epochs: int
     # notebooks 03-04: fine-tuning strategies and PEFT (fields go here)
     ft_train_images: int
     ft_val_images: int
@@ -280,7 +278,6 @@ SIZES: dict[str, tuple] = {
     "ssl_label_draws":    (2, 8, 8, 4),
     "ssl_downstream_steps": (1, 150, 250, 150),
     "ssl_select_draws":   (1, 2, 3, 2),
-    "finetune_epochs":    (1, 30, 50, 30),
     # notebooks 03-04 (rows go here)
     "ft_train_images":    (2, 6, 160, 24),
     "ft_val_images":      (1, 4, 40, 8),

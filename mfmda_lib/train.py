@@ -6,7 +6,8 @@ and the batches (dependencies are passed in); :func:`fit` runs epochs with a tqd
 history, stops early on a validation score, restores the best weights, and checkpoints the
 trainable state atomically after every epoch so an interrupted run resumes where it stopped.
 On CUDA the forward pass and loss run in mixed precision (:mod:`mfmda_lib.precision`); on a CPU
-the loop is exactly the plain float32 one.
+the loop is exactly the plain float32 one. :func:`ema_update` is the kit's teacher average (mean
+teacher / CoTTA, DINO); the diffusion loop keeps diffusers' ``EMAModel`` (its own decay schedule).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from .io import atomic_write
 from .precision import autocast, grad_scaler
 
-__all__ = ["FitConfig", "History", "fit", "trainable_state", "count_parameters"]
+__all__ = ["FitConfig", "History", "fit", "trainable_state", "count_parameters", "ema_update"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +161,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[i
         model.load_state_dict(best_state, strict=False)
     model.eval()
     return history
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """``theta_teacher <- decay * theta_teacher + (1 - decay) * theta_student`` for every parameter, in place.
+
+    The mean teacher of test-time adaptation (``decay`` = CoTTA's ``alpha``) and DINO's teacher
+    (``decay`` = its momentum ``lambda``, Sec. 3.1).
+    """
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1 - decay)

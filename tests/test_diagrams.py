@@ -112,7 +112,7 @@ def test_strategy_and_peft_diagrams_follow_the_configuration():
 def test_tta_diagram_shows_what_each_method_may_change():
     torch.manual_seed(0)
     net = UNet(UNetConfig(base_channels=4, depth=2)).eval()
-    methods = {name: tta.METHODS[name](net) for name in ("source_only", "norm_stats", "tent", "memo", "mean_teacher")}
+    methods = {name: tta.TTA_METHODS[name](net) for name in ("source_only", "norm_stats", "tent", "memo", "mean_teacher")}
     d = diagrams.tta_diagram(methods)
     rows = {r.label: r.blocks for r in d.rows}
     assert rows["source_only"][0].label == "source statistics" and rows["tent"][0].label == "batch statistics"

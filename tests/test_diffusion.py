@@ -8,7 +8,7 @@ import torch
 from mfmda_lib.diffusion.checkpoint import load_ddpm, save_ddpm
 from mfmda_lib.diffusion.conditioned import ContentConditionedUNet, time_gate
 from mfmda_lib.diffusion.ddpm import (DDPMConfig, alphas_cumprod, build_scheduler, build_unet, predict_x0, q_sample,
-                                      resize, to_tensor, to_uint8)
+                                      resize, to_signed_tensor, to_uint8)
 from mfmda_lib.diffusion.sampling import sample, sdedit, timesteps_from, unconditional
 from mfmda_lib.diffusion.source import SHIPPED_NAME, ddpm_config, source_ddpm_path
 from mfmda_lib.diffusion.training import DDPMTrainConfig, make_accelerator, train_ddpm
@@ -91,7 +91,7 @@ def test_translation_is_per_image_and_full_resolution_keeps_unchanged_images():
     b = translate(model, ddim, x, ab, TranslateConfig(steps=3, batch_size=3, guide_factor=4), progress=False)
     assert torch.allclose(a, b, atol=1e-5)  # image i does not depend on its batch
     images = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(2)]
-    lo = resize(to_tensor(images), 16)  # "translation" that changed nothing
+    lo = resize(to_signed_tensor(images), 16)  # "translation" that changed nothing
     assert all(np.array_equal(o, i) for o, i in zip(to_full_resolution(images, lo), images))
     brighter = to_full_resolution(images, (lo + 0.2).clamp(-1, 1))
     assert np.mean([o.astype(float).mean() - i.mean() for o, i in zip(brighter, images)]) > 15

@@ -11,7 +11,7 @@ import pytest
 from mfmda_lib.data.sample import FundusSample
 from mfmda_lib.evaluation import (SCORE_KEYS, dice, format_table, hd95, iou, per_domain_table,
                                   segmentation_scores, vcdr_error)
-from mfmda_lib.evaluation.metrics import hd95_penalty
+from mfmda_lib.evaluation.metrics import auroc, hd95_penalty
 
 
 def square(top: int, left: int, side: int = 10, size: int = 64) -> np.ndarray:
@@ -290,3 +290,14 @@ def test_format_table_methods_and_missing_values(monkeypatch):
     assert "0.500 ± 0.100" in plain and "0.250" in plain and "acc_std" not in plain
     with pytest.raises(ValueError, match="no value columns"):
         format_table(pd.DataFrame({"n": [1]}))
+
+
+def test_auroc_matches_sklearn_and_is_nan_without_two_classes():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 50)
+    scores = labels + rng.normal(0, 1, 50)
+    assert auroc(labels, scores) == roc_auc_score(labels, scores)
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert math.isnan(auroc([1, 1, 1], [0.1, 0.5, 0.9])) and math.isnan(auroc([], []))

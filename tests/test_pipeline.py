@@ -128,7 +128,7 @@ def fake_user_stages(fakes, monkeypatch):
         return [(disc, np.zeros((h, w), bool)) for _ in images]
 
     monkeypatch.setattr(ddpm_source, "load_source_ddpm", lambda p, **kw: (None, SimpleNamespace(image_size=16), None))
-    monkeypatch.setattr(stage1, "source_samples", lambda profile: sources)
+    monkeypatch.setattr(stage1, "sources_to_translate", lambda profile: sources)
     monkeypatch.setattr(stage1, "feature_encoder", lambda *a: None)
     monkeypatch.setattr(stage1, "run_stage1", run_stage1)
     monkeypatch.setattr(align_experiment, "predict_target_masks", predict_target_masks)

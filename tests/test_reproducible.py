@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-import mfmda_lib.experiments as experiments_module
+import mfmda_lib.finetune.experiment as finetune_experiment
+import mfmda_lib.ssl.experiment as ssl_experiment
 from mfmda_lib import finetune, ssl
 from mfmda_lib.adapt import sam_comparison, sam_tuning
 from mfmda_lib.data import DOMAINS
@@ -26,7 +27,8 @@ def tiny_benchmark_samples(monkeypatch):
         return [generate_sample(d, i, split=split, size=64, severity=profile.severity, seed=profile.seed)
                 for d in (domains or DOMAINS) for i in range(n_per_domain or profile.eval_per_domain)]
 
-    monkeypatch.setattr(experiments_module, "benchmark_samples", fake)
+    for runner in (ssl_experiment, finetune_experiment, sam_comparison):
+        monkeypatch.setattr(runner, "benchmark_samples", fake)
 
 
 def _fresh_cache(monkeypatch, tmp_path, name: str) -> None:

@@ -9,7 +9,7 @@ import torch
 from mfmda_lib.data import FundusSample
 from mfmda_lib.profiles import get_profile
 from mfmda_lib.ssl import (DINO, LABEL_BUDGETS, MAE, DINOConfig, DownstreamModel, MAEConfig, ViTConfig, ViTEncoder,
-                           budget_subset, camera_jitter, ema_update, evaluate, label_mean_vcdr, load_encoder,
+                           budget_subset, camera_jitter, evaluate, label_mean_vcdr, load_encoder,
                            local_crop_side, multi_crop,
                            masked_reconstruction_loss, patchify, pretrained_encoder, random_masking, save_encoder, smallest_budget_comparison,
                            run_label_budgets, select_encoder_lr, standardize_images, teacher_entropy, trainable_share,
@@ -67,13 +67,6 @@ def test_mae_forward_and_gradient_reaches_encoder():
     assert mae.encoder.patch_embed.weight.grad.abs().sum() > 0
     visible, recon = mae.reconstruct(torch.randn(2, 3, 32, 32))
     assert visible.shape == recon.shape == (2, 3, 32, 32)
-
-
-def test_ema_update_math():
-    student, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    before = teacher.weight.detach().clone()
-    ema_update(teacher, student, 0.9)
-    assert torch.allclose(teacher.weight, 0.9 * before + 0.1 * student.weight)
 
 
 def test_center_update_and_centering():
@@ -365,13 +358,12 @@ def test_validation_samples_are_their_own_stream():
 
 
 def test_select_encoder_lr_gives_each_encoder_its_best_rate(monkeypatch):
-    import mfmda_lib.experiments as experiments_module
     import mfmda_lib.ssl.experiment as ssl_experiment
 
     profile = get_profile("ci")
     best = {"random": 3e-4, "mae": 1e-3}  # the rate at which each fake encoder does best
     seen = []
-    monkeypatch.setattr(experiments_module, "benchmark_samples", lambda *a, **k: [_sample(i) for i in range(10)])
+    monkeypatch.setattr(ssl_experiment, "benchmark_samples", lambda *a, **k: [_sample(i) for i in range(10)])
 
     def fake_train(encoder, task, protocol, train, *, config, seed, **_):
         seen.append((task, protocol, seed))
@@ -434,14 +426,13 @@ def test_encoder_lr_configs_reads_notebook_02s_selection_else_selects(monkeypatc
 
 
 def test_label_mean_vcdr_uses_the_reported_draws_and_scores_per_hospital(monkeypatch):
-    import mfmda_lib.experiments as experiments_module
     import mfmda_lib.ssl.experiment as ssl_experiment
 
     profile = get_profile("ci").replace(ssl_label_draws=2)
     source = [_sample(i) for i in range(10)]
     test = [_sample(0), _sample(1), _sample(2), _sample(7)]
     test[2].domain = test[3].domain = "riga_messidor"
-    monkeypatch.setattr(experiments_module, "benchmark_samples",
+    monkeypatch.setattr(ssl_experiment, "benchmark_samples",
                         lambda profile, split, *a, **k: source if split == "train" else test)
     trained_on = []
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mfmda_lib.train import FitConfig, count_parameters, fit
+from mfmda_lib.train import FitConfig, count_parameters, ema_update, fit
 
 
 def _problem(seed=0):
@@ -69,3 +69,13 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         FitConfig(epochs=0)
+
+
+def test_ema_update_is_the_teacher_average_of_every_parameter():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    t0, s0 = [p.clone() for p in teacher.parameters()], [p.clone() for p in student.parameters()]
+    ema_update(teacher, student, 0.9)
+    for t, t_old, s, s_old in zip(teacher.parameters(), t0, student.parameters(), s0):
+        assert torch.allclose(t, 0.9 * t_old + 0.1 * s)
+        assert torch.equal(s, s_old)  # the student is left as it was

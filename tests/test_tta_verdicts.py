@@ -15,7 +15,7 @@ def _run(profile):
     """Train the seeds' source models and run every method (plus a multi-step Tent) on them."""
     models = {s: m for s, (m, _) in ts.source_models(profile, progress=False).items()}
     config = tta.TTAConfig(n_augmentations=profile.tta_views)
-    methods = {name: (cls, config) for name, cls in tta.METHODS.items()}
+    methods = {name: (cls, config) for name, cls in tta.TTA_METHODS.items()}
     methods["tent (2 steps)"] = (tta.Tent, replace(config, steps=2))
     result = tb.run_tta_benchmark(profile, models, methods, progress=False)
     verdicts = tv.tta_verdicts(result, variants={"tent (2 steps)": "tent"}, n_resamples=profile.bootstrap_resamples)
@@ -31,7 +31,7 @@ def test_same_seed_rerun_reproduces_every_number(tmp_path, monkeypatch, one_torc
         runs.append(_run(profile))
     (a, va), (b, vb) = runs
     assert a.meta["seeds"] == ts.seeds_of(profile) == [0, 1]
-    assert {r["seed"] for r in a.rows} == {0, 1} and {r["method"] for r in a.rows} >= set(tta.METHODS)
+    assert {r["seed"] for r in a.rows} == {0, 1} and {r["method"] for r in a.rows} >= set(tta.TTA_METHODS)
     assert a.rows == b.rows and a.source_rows == b.source_rows
     pd_equal = va.equals(vb)
     assert pd_equal, "the verdict table must repeat exactly"

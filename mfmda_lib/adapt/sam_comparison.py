@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..evaluation import stats
 from ..evaluation.metrics import per_domain_table, segmentation_scores
 from ..models import EmbeddingCache, PromptableSegmenter, embed
@@ -162,8 +162,6 @@ def run_comparison(profile: Profile, model: PromptableSegmenter, cache: Embeddin
     checkpointed under ``paths().cache / "checkpoints"`` and reused when present. ``model`` itself
     stays frozen and untouched: each method adapts a copy.
     """
-    from ..experiments import benchmark_samples
-
     config = config or ComparisonConfig()
     device = model.device
     train_samples = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import FundusSample
+from ..losses import dice_bce_loss
 from ..models import PromptableSegmenter
 from ..train import FitConfig, History, fit
 from .decoder_adapter import adapter_parameters, adapter_state_dict, load_adapter_state_dict
@@ -174,11 +175,8 @@ def jitter_boxes(boxes: torch.Tensor, pixels: float, size: int, generator: torch
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """MedSAM's loss: soft Dice + BCE, ``(M, 1, S, S)`` logits vs ``(M, 1, S, S)`` {0, 1} masks -> scalar."""
-    probs = torch.sigmoid(logits)
-    inter = (probs * masks).sum(dim=(1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (probs.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1)  # (M,)
-    return dice.mean() + F.binary_cross_entropy_with_logits(logits, masks)
+    """MedSAM's loss: soft Dice (one per mask) + BCE, ``(M, 1, S, S)`` logits vs ``(M, 1, S, S)`` {0, 1} masks -> scalar."""
+    return dice_bce_loss(logits, masks, dims=(1, 2, 3))
 
 
 def _frame_dice(logits: torch.Tensor, masks: torch.Tensor) -> float:

@@ -46,9 +46,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..train import ema_update
+
 __all__ = ["TTAConfig", "TTAMethod", "SourceOnly", "NormStats", "Tent", "PseudoLabel", "MEMO", "MeanTeacher",
-           "METHODS", "REFERENCE_NOTES", "configure_norm", "collect_norm_params", "binary_entropy",
-           "marginal_binary_entropy", "augment", "augmix", "PriorBatchNorm2d", "use_prior_norm", "ema_update"]
+           "TTA_METHODS", "REFERENCE_NOTES", "configure_norm", "collect_norm_params", "binary_entropy",
+           "marginal_binary_entropy", "augment", "augmix", "PriorBatchNorm2d", "use_prior_norm"]
 
 OptimizerFactory = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -157,13 +159,6 @@ def augment(x: torch.Tensor, k: int, *, jitter: float, generator: torch.Generato
         return torch.stack([o.flip(flips[i % 4]) if flips[i % 4] else o for i, o in enumerate(out)])
 
     return torch.cat(views), undo  # (k*B, 3, H, W)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
-    """Mean-teacher update: ``theta_teacher <- alpha * theta_teacher + (1 - alpha) * theta_student``."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(alpha).add_(s.detach(), alpha=1 - alpha)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +546,7 @@ class MeanTeacher(TTAMethod):
     ``config.n_augmentations`` augmented views of the batch (one forward pass per view, as CoTTA);
     the average of its logits is the soft target of the student's binary cross-entropy and the
     prediction returned, as CoTTA's ``outputs_ema``. After each step the teacher follows the
-    student (:func:`ema_update`) and a random ``restore_prob`` fraction of the student's weights
+    student (:func:`mfmda_lib.train.ema_update`) and a random ``restore_prob`` fraction of the student's weights
     returns to the source weights, which limits drift and forgetting. ``predict`` uses the teacher.
     """
 
@@ -590,7 +585,7 @@ class MeanTeacher(TTAMethod):
 
 
 #: Every method by name, in the order the notebook shows them.
-METHODS: dict[str, type[TTAMethod]] = {cls.name: cls for cls in
+TTA_METHODS: dict[str, type[TTAMethod]] = {cls.name: cls for cls in
                                        (SourceOnly, NormStats, Tent, PseudoLabel, MEMO, MeanTeacher)}
 
 #: Per method: its reference code, and what the kit does differently from it (notebook 06 prints this).

@@ -26,17 +26,13 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples, normalised_tensors
 from ..evaluation import dice, per_domain_table, vcdr_error
 from ..profiles import Profile
 from .tta import TTAConfig, TTAMethod
 
-__all__ = ["to_tensor", "masks_from_logits", "score_logits", "REGIMES", "run_regime", "forgetting", "TTAData",
+__all__ = ["masks_from_logits", "score_logits", "REGIMES", "run_regime", "forgetting", "TTAData",
            "tta_data", "TTAResult", "run_tta_benchmark", "settings_table"]
-
-#: Fixed input normalisation (the same for every domain: no per-image standardisation, which would
-#: hide the colour shift that test-time methods are meant to handle).
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 REGIMES = ("episodic", "online", "continual")
 METRICS = ("disc_dice", "cup_dice")
@@ -45,20 +41,6 @@ METRICS = ("disc_dice", "cup_dice")
 # ---------------------------------------------------------------------------------------------
 # tensors and scoring
 # ---------------------------------------------------------------------------------------------
-
-def to_tensor(samples: Sequence[FundusSample], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and masks resized to ``size``: ``x (N, 3, size, size)`` normalised, ``y (N, 2, size, size)`` in [0, 1].
-
-    ``y`` holds the area-averaged disc and cup masks (soft at the edges).
-    """
-    if not samples:
-        raise ValueError("to_tensor: no samples")
-    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W)
-    masks = torch.from_numpy(np.stack([np.stack([s.disc, s.cup]) for s in samples])).float()  # (N, 2, H, W)
-    x = F.interpolate(images, size=(size, size), mode="area")
-    y = F.interpolate(masks, size=(size, size), mode="area")
-    return (x - PIXEL_MEAN) / PIXEL_STD, y
-
 
 def masks_from_logits(logits: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Upsample ``(N, 2, h, w)`` logits to ``size`` and threshold: disc and cup ``(N, size, size)`` bool.
@@ -120,7 +102,7 @@ def run_regime(method: TTAMethod, stream: Sequence[tuple[str, Sequence[FundusSam
         for batch in _batches(samples, batch_size):
             if regime == "episodic":
                 method.reset()
-            x, _ = to_tensor(batch, size)
+            x, _ = normalised_tensors(batch, size)
             rows += score_logits(method.adapt(x), batch, regime=regime, step=step, **tags)
             step += 1
     return rows
@@ -129,7 +111,7 @@ def run_regime(method: TTAMethod, stream: Sequence[tuple[str, Sequence[FundusSam
 def _source_scores(method: TTAMethod, samples: Sequence[FundusSample], batch_size: int, size: int, /, **tags) -> list[dict]:
     rows = []
     for batch in _batches(samples, batch_size):
-        rows += score_logits(method.predict(to_tensor(batch, size)[0]), batch, **tags)
+        rows += score_logits(method.predict(normalised_tensors(batch, size)[0]), batch, **tags)
     return rows
 
 
@@ -177,8 +159,6 @@ class TTAData:
 def tta_data(profile: Profile, failure_severity: float = 2.0) -> TTAData:
     """``eval_per_domain`` test images of every target domain (at the profile's severity and at
     ``failure_severity``) and of the source domain."""
-    from ..experiments import benchmark_samples
-
     def stream_at(severity: float | None) -> Stream:
         test = benchmark_samples(profile, "test", profile.eval_per_domain, severity=severity)
         return [(d, [s for s in test if s.domain == d]) for d in TARGET_DOMAINS]

@@ -18,27 +18,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.nn import functional as F
 
-from ..data import SOURCE_DOMAIN, FundusSample
+from ..data import PIXEL_STD, SOURCE_DOMAIN, FundusSample, benchmark_samples, normalised_tensors
 from ..io import atomic_write
+from ..losses import dice_bce_loss, soft_dice
 from ..models.unet import UNet, UNetConfig
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
-from .tta_benchmark import PIXEL_STD, to_tensor
 
 __all__ = ["SourceTrainConfig", "train_source_model", "source_model", "seeds_of", "source_models"]
-
-
-# ---------------------------------------------------------------------------------------------
-# losses
-# ---------------------------------------------------------------------------------------------
-
-def _soft_dice(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Mean soft Dice over batch and channels: ``(B, C, H, W)`` logits and targets -> scalar."""
-    p = torch.sigmoid(logits)
-    inter = (p * y).sum(dim=(2, 3))
-    return ((2 * inter + eps) / (p.sum(dim=(2, 3)) + y.sum(dim=(2, 3)) + eps)).mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,8 +100,8 @@ def train_source_model(train: Sequence[FundusSample], val: Sequence[FundusSample
         model.load_state_dict(payload["model"])
         return model.eval(), {**payload["info"], "trained": False}
 
-    x, y = to_tensor(train, size)  # (N, 3, S, S), (N, 2, S, S)
-    vx, vy = to_tensor(val, size)
+    x, y = normalised_tensors(train, size)  # (N, 3, S, S), (N, 2, S, S)
+    vx, vy = normalised_tensors(val, size)
     g = torch.Generator().manual_seed(seed)
 
     def batches(epoch: int):
@@ -125,11 +113,11 @@ def train_source_model(train: Sequence[FundusSample], val: Sequence[FundusSample
     def loss_fn(m, batch):
         bx, by = batch
         logits = m(bx)
-        return F.binary_cross_entropy_with_logits(logits, by) + 1 - _soft_dice(logits, by)
+        return dice_bce_loss(logits, by)
 
     def validate(m) -> float:
         logits = torch.cat([m(vx[i:i + config.batch_size]) for i in range(0, len(vx), config.batch_size)])
-        return float(_soft_dice(logits.sign() * 1e3, (vy > 0.5).float()))  # hard Dice of thresholded masks
+        return float(soft_dice(logits.sign() * 1e3, (vy > 0.5).float()).mean())  # hard Dice of thresholded masks
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start = time.perf_counter()
@@ -164,8 +152,6 @@ def source_model(profile: Profile, config: SourceTrainConfig | None = None, *, s
     (default ``profile.seed``) seeds initialisation, batch order and augmentation; the images are
     the same for every seed.
     """
-    from ..experiments import benchmark_samples  # experiments sits above adapt in the layering
-
     config = config or SourceTrainConfig()
     seed = profile.seed if seed is None else seed
     samples = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])

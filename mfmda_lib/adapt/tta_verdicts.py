@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..data import TARGET_DOMAINS
 from ..evaluation.stats import NO_DIFFERENCE, comparison_table
-from .tta import METHODS
+from .tta import TTA_METHODS
 
 __all__ = ["QUESTIONS", "tta_comparisons", "tta_verdicts", "verdict_lines", "headline_verdict", "verdict_frame"]
 
@@ -54,7 +54,7 @@ QUESTIONS: dict[str, str] = {
 
 def _gradient_on_batch_stats(name: str) -> bool:
     """A registered method that takes gradient steps on top of the batch statistics (Tent, ...)."""
-    cls = METHODS.get(name)
+    cls = TTA_METHODS.get(name)
     return cls is not None and cls.use_batch_stats and cls.default_params is not None
 
 

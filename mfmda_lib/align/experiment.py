@@ -168,6 +168,7 @@ def stage2_seeds(profile: Profile) -> list[int]:
 # data
 # ---------------------------------------------------------------------------------------------
 
+# issue 15: the four `from ..experiments import benchmark_samples` below can be one top-level `from ..data import benchmark_samples`.
 def source_samples(profile: Profile) -> list[FundusSample]:
     """The labelled source images of stage 2: the first ``stage2_pairs`` of stage 1's list (source train split)."""
     from ..experiments import benchmark_samples

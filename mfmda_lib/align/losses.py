@@ -21,7 +21,9 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-__all__ = ["channel_spatial_alignment", "soft_dice_loss", "segmentation_loss"]
+from ..losses import dice_bce_loss
+
+__all__ = ["channel_spatial_alignment", "segmentation_loss"]
 
 
 def channel_spatial_alignment(features_s: Sequence[torch.Tensor], features_t: Sequence[torch.Tensor],
@@ -49,21 +51,9 @@ def channel_spatial_alignment(features_s: Sequence[torch.Tensor], features_t: Se
     return torch.stack(losses).mean()
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """``1 - soft Dice`` per image and channel, averaged: ``logits, target (B, C, H, W) -> scalar``."""
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(2, 3))                  # (B, C)
-    total = p.sum(dim=(2, 3)) + target.sum(dim=(2, 3))    # (B, C)
-    return (1 - (2 * inter + eps) / (total + eps)).mean()
-
-
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
     """``BCE(disc) + BCE(cup)`` (+ ``dice_weight`` x soft Dice of both) for ``(B, 2, H, W)`` logits and masks."""
     if logits.shape != target.shape or logits.shape[1] != 2:
         raise ValueError(f"segmentation_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
                          "must both be (B, 2, H, W) (disc, cup)")
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))  # (2,)
-    loss = bce.sum()
-    if dice_weight:
-        loss = loss + dice_weight * soft_dice_loss(logits, target)
-    return loss
+    return dice_bce_loss(logits, target, bce="channel_sum", dice_weight=dice_weight)

@@ -1,9 +1,11 @@
-"""Fundus data: one sample format, the synthetic benchmark, and loaders for real datasets."""
+"""Fundus data: one sample format, the synthetic benchmark, sample selection, tensors, and loaders for real datasets."""
 from .dataset import MASK_READERS, FundusDataset, SampleRef, group_by_domain, load_folder_domain
 from .real import LOADERS, load_dataset
 from .sample import GLAUCOMA_SUSPECT_VCDR, FundusSample, mask_box, vertical_cdr
+from .selection import benchmark_samples, prepare_benchmark
 from .synthetic import (DOMAINS, SEVERITY_STEPS, SOURCE_DOMAIN, TARGET_DOMAINS, DomainStyle, benchmark_dir,
                         generate_benchmark, generate_sample, load_benchmark, style_at, style_table)
+from .tensors import PIXEL_MEAN, PIXEL_STD, normalised_tensors
 
 __all__ = [
     # one sample format, lazily loaded datasets
@@ -12,6 +14,10 @@ __all__ = [
     # the synthetic benchmark
     "DOMAINS", "SOURCE_DOMAIN", "TARGET_DOMAINS", "SEVERITY_STEPS", "DomainStyle", "style_at", "style_table",
     "generate_sample", "generate_benchmark", "load_benchmark", "benchmark_dir",
+    # the profile's benchmark and the samples each experiment draws from it
+    "prepare_benchmark", "benchmark_samples",
+    # samples as normalised tensors for the small models
+    "PIXEL_MEAN", "PIXEL_STD", "normalised_tensors",
     # real datasets
     "LOADERS", "load_dataset",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import DataError, read_image, read_mask
+from ..io import DataError
 
 __all__ = [
     "FundusSample",
@@ -145,16 +145,3 @@ class FundusSample:
         if structure not in ("disc", "cup"):
             raise ValueError(f"structure must be 'disc' or 'cup', got {structure!r}")
         return mask_box(getattr(self, structure), margin)
-
-    @classmethod
-    def from_files(cls, image_path: str | Path, mask_path: str | Path, domain: str,
-                   sample_id: str | None = None, **kwargs) -> "FundusSample":
-        """Read an image and a 0/128/255 label map from disk into a sample."""
-        image = read_image(image_path)
-        disc, cup = decode_label_map(read_mask(mask_path), mask_path)
-        if disc.shape != image.shape[:2]:
-            raise DataError(
-                f"mask {mask_path} has size {disc.shape} but image {image_path} has size {image.shape[:2]}"
-            )
-        return cls(image=image, disc=disc, cup=cup, domain=domain,
-                   sample_id=sample_id or Path(image_path).stem, path=str(image_path), **kwargs)

@@ -28,15 +28,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import FundusSample
+from ..data import FundusSample, benchmark_samples, generate_sample
+from ..models import model_and_cache, pooled_embeddings
 from ..profiles import Profile
 from .adaptation import VARIANTS
-from .ddpm import to_tensor
+from .ddpm import to_signed_tensor
 from .diaa import DIAA
 from .metrics import frechet_distance, intra_cluster_diversity, structure_preservation
 from .checkpoint import read_sidecar
 from .source import load_source_ddpm, source_ddpm_path
-from .stage1 import feature_encoder, source_samples, stage1_dir, target_samples, translated_source
+from .stage1 import feature_encoder, sources_to_translate, stage1_dir, target_samples, translate_config, translated_source
+from .translate import to_full_resolution
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
            "translation_ceiling", "CEILING_ROWS"]
@@ -100,11 +102,7 @@ def gap_meter(profile: Profile, target_domain: str, segmenter, cache=None):
     domain gap untouched, 0 = closed. No stage-1 loss uses this embedding (``f`` is LiteMedSAM's
     convolutional stem at the DDPM's resolution), so it is a check the translation was not trained on.
     """
-    from ..experiments import benchmark_samples
-    from ..models import pooled_embeddings
-    from .stage1 import source_samples
-
-    sources = source_samples(profile)
+    sources = sources_to_translate(profile)
     reference = benchmark_samples(profile, "train", profile.train_per_domain, domains=[target_domain])
     n = min(profile.stage1_eval_images, len(sources), len(reference))
 
@@ -134,19 +132,13 @@ def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None,
         Index :data:`CEILING_ROWS`; columns ``gap_left``, ``disc_dice``, ``cup_dice`` (structure, as in
         :func:`compare_variants`).
     """
-    from ..data.synthetic import generate_sample
-    from ..experiments import model_and_cache
-    from .ddpm import to_tensor as _to_tensor
-    from .stage1 import source_samples, translate_config
-    from .translate import to_full_resolution
-
     if segmenter is None:
         segmenter, cache = model_and_cache("litemedsam")
-    sources = source_samples(profile)[:profile.stage1_eval_images]
+    sources = sources_to_translate(profile)[:profile.stage1_eval_images]
     oracle = [generate_sample(s.domain, int(s.sample_id.rsplit("_", 1)[1]), split="train", size=profile.image_size,
                               severity=profile.severity, seed=profile.seed, camera=target_domain).image for s in sources]
     size = profile.ddpm_image_size
-    squeezed = to_full_resolution([s.image for s in sources], _to_tensor(oracle, size),
+    squeezed = to_full_resolution([s.image for s in sources], to_signed_tensor(oracle, size),
                                   translate_config(profile).change_low_pass)
     gap = gap_meter(profile, target_domain, segmenter, cache)
     rows = []
@@ -168,17 +160,15 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
         cache: its :class:`~mfmda_lib.models.EmbeddingCache` (default: the kit's).
         progress: tqdm bars.
     """
-    from ..experiments import benchmark_samples, model_and_cache
-
     if segmenter is None:
         segmenter, cache = model_and_cache("litemedsam")
-    sources = source_samples(profile)
+    sources = sources_to_translate(profile)
     targets = target_samples(profile, target_domain)
     reference = benchmark_samples(profile, "train", profile.train_per_domain, domains=[target_domain])
     _, ddpm, _ = load_source_ddpm(profile, progress=progress)
     size = ddpm.image_size
     reuse = segmenter.name == "litemedsam"  # f shares the segmenter's (frozen) image encoder
-    encoder = feature_encoder(profile, to_tensor([s.image for s in sources], size),
+    encoder = feature_encoder(profile, to_signed_tensor([s.image for s in sources], size),
                               segmenter.device if reuse else None, segmenter.image_encoder if reuse else None)
     f_reference = encoder.encode([s.image for s in reference], size)  # (M, D)
     f_k = encoder.encode([s.image for s in targets], size)  # (K, D)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 __all__ = ["DDPMConfig", "build_unet", "build_scheduler", "alphas_cumprod", "q_sample", "predict_x0",
-           "to_tensor", "to_uint8", "resize", "low_pass"]
+           "to_signed_tensor", "to_uint8", "resize", "low_pass"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,13 +186,13 @@ def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
     return resize(resize(x, max(1, side // factor)), side)
 
 
-def to_tensor(images: Sequence[np.ndarray] | np.ndarray, size: int | None = None) -> torch.Tensor:
+def to_signed_tensor(images: Sequence[np.ndarray] | np.ndarray, size: int | None = None) -> torch.Tensor:
     """``B`` uint8 ``(H, W, 3)`` images -> ``(B, 3, size, size)`` float32 in ``[-1, 1]`` (area-downsampled)."""
     arrays = [np.asarray(img) for img in images]
     if not arrays or any(a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 for a in arrays):
-        raise ValueError("to_tensor expects a non-empty list of (H, W, 3) uint8 RGB images")
+        raise ValueError("to_signed_tensor expects a non-empty list of (H, W, 3) uint8 RGB images")
     if len({a.shape for a in arrays}) != 1:
-        raise ValueError(f"to_tensor: all images must share one size, got {sorted({a.shape for a in arrays})}")
+        raise ValueError(f"to_signed_tensor: all images must share one size, got {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W)
     return resize(x, size) if size is not None else x
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..models.prefix import encoder_units
-from .ddpm import low_pass, resize, to_tensor
+from .ddpm import low_pass, resize, to_signed_tensor
 
 __all__ = ["FrozenFeatureEncoder"]
 
@@ -128,7 +128,7 @@ class FrozenFeatureEncoder(nn.Module):
         Returns:
             ``(N, C)`` float32 on the CPU.
         """
-        x = images if isinstance(images, torch.Tensor) else to_tensor(images, size)
+        x = images if isinstance(images, torch.Tensor) else to_signed_tensor(images, size)
         if isinstance(images, torch.Tensor) and size is not None:
             x = resize(x, size)
         device = next(self.parameters()).device

@@ -27,7 +27,7 @@ from ..data.synthetic import generate_sample
 from ..profiles import Profile, paths
 from .checkpoint import SHIPPED_DIR, load_ddpm, read_sidecar, save_ddpm
 from .conditioned import ContentConditionedUNet
-from .ddpm import DDPMConfig, alphas_cumprod, build_unet, to_tensor
+from .ddpm import DDPMConfig, alphas_cumprod, build_unet, to_signed_tensor
 from .training import DDPMTrainConfig, make_accelerator, train_ddpm, train_fusion
 
 __all__ = ["SHIPPED_NAME", "ddpm_config", "ddpm_train_config", "fusion_train_config", "source_training_images",
@@ -67,7 +67,7 @@ def source_training_images(profile: Profile, n: int | None = None, *, progress: 
     """
     n = profile.ddpm_train_images if n is None else n
     size = profile.ddpm_image_size
-    images = [to_tensor([generate_sample(SOURCE_DOMAIN, i, split="train", size=profile.image_size,
+    images = [to_signed_tensor([generate_sample(SOURCE_DOMAIN, i, split="train", size=profile.image_size,
                                          severity=profile.severity, seed=profile.seed).image], size)
               for i in tqdm(range(n), desc="source images for the DDPM", disable=not progress, leave=False)]
     return torch.cat(images)

@@ -31,19 +31,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..io import atomic_write, atomic_write_json, sha256_file
-from ..profiles import Profile, paths
+from ..models import load_model
+from ..profiles import Profile, get_device, paths
 from .adaptation import VARIANTS, Stage1Config, Stage1State, adapt
 from .checkpoint import load_ddpm
 from .conditioned import ContentConditionedUNet
-from .ddpm import DDPMConfig, alphas_cumprod, build_scheduler, to_tensor
+from .ddpm import DDPMConfig, alphas_cumprod, build_scheduler, to_signed_tensor
 from .features import FrozenFeatureEncoder
 from .source import load_source_ddpm
 from .training import make_accelerator
 from .translate import TranslateConfig, to_full_resolution, translate
 
-__all__ = ["stage1_config", "translate_config", "feature_encoder", "source_samples", "target_samples",
+__all__ = ["stage1_config", "translate_config", "feature_encoder", "sources_to_translate", "target_samples",
            "Stage1Output", "run_stage1", "translated_source", "stage1_dir"]
 
 
@@ -73,25 +74,19 @@ def feature_encoder(profile: Profile, x_source: torch.Tensor, device: torch.devi
     """
     device = device or torch.device("cpu")
     if image_encoder is None:
-        from ..models import load_model
-
         image_encoder = load_model("litemedsam", device=device).image_encoder
     encoder = FrozenFeatureEncoder(image_encoder, units=profile.stage1_encoder_units,
                                    input_size=profile.stage1_feature_size).to(device)
     return encoder.calibrate(x_source.to(device))
 
 
-def source_samples(profile: Profile) -> list[FundusSample]:
+def sources_to_translate(profile: Profile) -> list[FundusSample]:
     """The labelled source training samples that stage 1 translates (all ``train_per_domain`` of them)."""
-    from ..experiments import benchmark_samples
-
     return benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
 
 
 def target_samples(profile: Profile, target_domain: str) -> list[FundusSample]:
     """The first ``stage1_k_target`` training images of a target domain (their masks are never used)."""
-    from ..experiments import benchmark_samples
-
     if target_domain not in TARGET_DOMAINS:
         raise ValueError(f"target_domain must be one of {list(TARGET_DOMAINS)}, got {target_domain!r}")
     if profile.stage1_k_target > profile.train_per_domain:
@@ -149,10 +144,8 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
         raise ValueError("run_stage1: pass ddpm=<DDPMConfig> with a model object (or a checkpoint path)")
     translate_cfg = translate_cfg or TranslateConfig()
     alpha_bar = alphas_cumprod(ddpm)
-    x_source = to_tensor(source_images, ddpm.image_size)  # (N, 3, S, S)
+    x_source = to_signed_tensor(source_images, ddpm.image_size)  # (N, 3, S, S)
     if encoder is None:
-        from ..models import load_model
-
         encoder = FrozenFeatureEncoder(load_model("litemedsam", device=torch.device("cpu")).image_encoder,
                                        input_size=ddpm.image_size).calibrate(x_source)
     state = None
@@ -160,7 +153,7 @@ def run_stage1(source_images: Sequence[np.ndarray], target_images: Sequence[np.n
     if variant != "none":
         config = adapt_config or Stage1Config()
         config = Stage1Config(**{**vars(config), "variant": variant})
-        x_target = to_tensor(target_images, ddpm.image_size)  # (K, 3, S, S)
+        x_target = to_signed_tensor(target_images, ddpm.image_size)  # (K, 3, S, S)
         state = adapt(model, x_source, x_target, encoder, alpha_bar, config, accelerator=accelerator,
                       checkpoint=checkpoint, callback=callback, progress=progress)
         model = state.model
@@ -235,17 +228,15 @@ def translated_source(profile: Profile, target_domain: str, *, variant: str = "m
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     targets = target_samples(profile, target_domain)  # validates the domain and K first
-    sources = source_samples(profile)
+    sources = sources_to_translate(profile)
     ids = [s.sample_id for s in sources]
     model, ddpm, ddpm_path = load_source_ddpm(profile, accelerator=accelerator, progress=progress)
     ddpm_sha = json.loads(ddpm_path.with_suffix(".json").read_text())["sha256"]
     folder = stage1_dir(profile, target_domain, variant, ddpm_sha)
     images = _load_translations(folder, ids)
     if images is None:
-        from ..profiles import get_device
-
         accelerator = accelerator or make_accelerator(get_device())
-        x_source = to_tensor([s.image for s in sources], ddpm.image_size)
+        x_source = to_signed_tensor([s.image for s in sources], ddpm.image_size)
         encoder = encoder if encoder is not None else feature_encoder(profile, x_source, accelerator.device)
         out = run_stage1([s.image for s in sources], [t.image for t in targets], source_model=model, ddpm=ddpm,
                          encoder=encoder, variant=variant,

@@ -37,7 +37,7 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from .conditioned import ContentConditionedUNet
-from .ddpm import low_pass, q_sample, resize, to_tensor, to_uint8
+from .ddpm import low_pass, q_sample, resize, to_signed_tensor, to_uint8
 from .sampling import denoise, timesteps_from
 
 __all__ = ["TranslateConfig", "low_pass", "translate", "to_full_resolution"]
@@ -150,7 +150,7 @@ def to_full_resolution(images: Sequence[np.ndarray], translated: torch.Tensor, l
         raise ValueError(f"{len(images)} images but {len(translated)} translations")
     out = []
     for image, lo in zip(images, translated):
-        x = to_tensor([image])  # (1, 3, H, W)
+        x = to_signed_tensor([image])  # (1, 3, H, W)
         h, w = x.shape[-2:]
         if h != w:
             raise ValueError(f"to_full_resolution expects square images, got {image.shape}")

@@ -24,6 +24,7 @@ structure's means.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence
 
@@ -38,6 +39,7 @@ __all__ = [
     "iou",
     "hd95",
     "vcdr_error",
+    "auroc",
     "segmentation_scores",
     "SCORE_KEYS",
     "hd95_penalty",
@@ -190,6 +192,16 @@ def vcdr_error(pred_disc: np.ndarray, pred_cup: np.ndarray,
     pred_disc, true_disc = _as_mask_pair(pred_disc, true_disc, "vcdr_error")
     pred_cup, true_cup = _as_mask_pair(pred_cup, true_cup, "vcdr_error")
     return abs(vertical_cdr(pred_disc, pred_cup) - vertical_cdr(true_disc, true_cup))
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels``; ``nan`` when empty or only one class is present."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or labels.min() == labels.max():
+        return math.nan
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
 
 
 def segmentation_scores(pred_disc: np.ndarray, pred_cup: np.ndarray, sample: FundusSample) -> dict:

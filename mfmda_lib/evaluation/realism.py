@@ -27,6 +27,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data import DOMAINS, benchmark_samples
+from ..data.photo import generate_photo, photo_roi_sample
+from ..models import pooled_embeddings
+
 __all__ = ["mmd2", "RealismResult", "compare_feature_sets", "measure_realism", "synthetic_image_sets",
            "PHOTO_SET"]
 
@@ -136,8 +140,6 @@ def measure_realism(model, image_sets: Mapping[str, Sequence[np.ndarray]], synth
         synthetic: which of the sets are the synthetic hospitals.
         cache: an optional :class:`~mfmda_lib.models.EmbeddingCache`.
     """
-    from ..models import pooled_embeddings
-
     features = {name: pooled_embeddings(model, list(images), cache, batch_size=batch_size, progress=progress)
                 for name, images in image_sets.items()}
     return compare_feature_sets(features, synthetic, permutations=permutations, seed=seed)
@@ -149,10 +151,6 @@ def synthetic_image_sets(profile, photos: Sequence | bool = True) -> dict[str, l
     photographs (:data:`PHOTO_SET`): ``photos`` given (:class:`~mfmda_lib.data.photo.FundusPhoto`), else with
     ``photos=True`` ``photo_per_domain`` new ones per camera; ``photos=False``: none.
     """
-    from ..data import DOMAINS
-    from ..data.photo import generate_photo, photo_roi_sample
-    from ..experiments import benchmark_samples
-
     samples = benchmark_samples(profile, "train", profile.probe_per_domain)
     sets = {d: [s.image for s in samples if s.domain == d] for d in DOMAINS}
     if photos is True:

@@ -13,22 +13,24 @@
 """
 from .experiment import ComparisonConfig, Comparison, FinetuneData, peft_configs, prepare_data, run_peft, run_strategies
 from .features import advance, prefix_cache, prefix_features
-from .heads import HEAD_LR, TASKS, SegmentationHead, TaskModel, VCDRHead, build_head, task_loss, unit_groups
+from .heads import (HEAD_LR, TASKS, FeatureMapSegmentationHead, FeatureMapVCDRHead, TaskModel, build_head, task_loss,
+                    unit_groups)
 from .memory import SavedTensorMeter, TrainingMemory, training_memory
-from .peft_methods import (LORA_TARGETS, METHODS, BottleneckAdapter, PeftConfig, VisualPrompts, inject, load_method,
+from .peft_methods import (LORA_TARGETS, PEFT_METHODS, BottleneckAdapter, PeftConfig, VisualPrompts, inject, load_method,
                            lora_target_regex, save_method, task_model, trained_state_dict)
-from .runs import RunResult, TaskData, auroc, predict, score_rows, task_targets, train_run
+from .runs import RunResult, TaskData, predict, score_rows, task_targets, train_run
 from .strategies import (STRATEGIES, StrategyConfig, configure, first_trained_unit, group_learning_rates,
                          schedule_table, unit_table)
 
 __all__ = [
-    "TASKS", "HEAD_LR", "SegmentationHead", "VCDRHead", "TaskModel", "build_head", "task_loss", "unit_groups",
+    "TASKS", "HEAD_LR", "FeatureMapSegmentationHead", "FeatureMapVCDRHead", "TaskModel", "build_head", "task_loss",
+    "unit_groups",
     "prefix_cache", "prefix_features", "advance",
     "StrategyConfig", "STRATEGIES", "configure", "first_trained_unit", "group_learning_rates", "unit_table",
     "schedule_table",
-    "METHODS", "LORA_TARGETS", "PeftConfig", "BottleneckAdapter", "VisualPrompts", "inject", "task_model",
+    "PEFT_METHODS", "LORA_TARGETS", "PeftConfig", "BottleneckAdapter", "VisualPrompts", "inject", "task_model",
     "lora_target_regex", "trained_state_dict", "save_method", "load_method",
     "TrainingMemory", "SavedTensorMeter", "training_memory",
-    "TaskData", "RunResult", "task_targets", "train_run", "predict", "score_rows", "auroc",
+    "TaskData", "RunResult", "task_targets", "train_run", "predict", "score_rows",
     "ComparisonConfig", "Comparison", "FinetuneData", "prepare_data", "peft_configs", "run_strategies", "run_peft",
 ]

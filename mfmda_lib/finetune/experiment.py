@@ -25,15 +25,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data import DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..data import DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..evaluation import stats
-from ..evaluation.metrics import per_domain_table
+from ..evaluation.metrics import auroc, per_domain_table
 from ..models import EmbeddingCache, PromptableSegmenter
 from ..profiles import Profile, paths, seed_everything
 from .features import advance, prefix_features
 from .heads import TaskModel, build_head
-from .peft_methods import METHODS, PeftConfig, inject
-from .runs import RunResult, TaskData, auroc, predict, score_rows, task_targets, train_run
+from .peft_methods import PEFT_METHODS, PeftConfig, inject
+from .runs import RunResult, TaskData, predict, score_rows, task_targets, train_run
 from .strategies import STRATEGIES, StrategyConfig, configure, first_trained_unit
 
 __all__ = ["ComparisonConfig", "FinetuneData", "Comparison", "prepare_data", "peft_configs", "run_strategies",
@@ -93,8 +93,6 @@ class FinetuneData:
 def prepare_data(profile: Profile, segmenter: PromptableSegmenter, cache: EmbeddingCache | None, start: str, *,
                  progress: bool = True) -> FinetuneData:
     """Load the profile's samples and their frozen-prefix features entering ``start`` (cached on disk)."""
-    from ..experiments import benchmark_samples
-
     n_train, n_val = profile.ft_train_images, profile.ft_val_images
     source = benchmark_samples(profile, "train", n_train + n_val, domains=[SOURCE_DOMAIN])
     if len(source) < n_train + n_val:
@@ -367,7 +365,7 @@ def peft_configs(profile: Profile, config: ComparisonConfig, task: str) -> list[
     if task == "segmentation":
         out += [make(method="lora", r=r, targets="attn") for r in profile.peft_lora_ranks]
         out.append(make(method="lora", r=config.lora_rank, targets="attn_mlp"))
-        methods = METHODS
+        methods = PEFT_METHODS
     chosen = {"lora": {"r": config.lora_rank, "targets": "attn"}, "full": {"lr": config.full_lr}}
     for method in methods:
         cfg = make(method=method, **chosen.get(method, {}))

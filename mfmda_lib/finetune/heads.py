@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import dice_bce_loss
 from ..models.prefix import encoder_units
 
-__all__ = ["TASKS", "HEAD_LR", "SegmentationHead", "VCDRHead", "build_head", "TaskModel", "task_loss", "unit_groups"]
+__all__ = ["TASKS", "HEAD_LR", "FeatureMapSegmentationHead", "FeatureMapVCDRHead", "build_head", "TaskModel", "task_loss",
+           "unit_groups"]
 
 TASKS = ("segmentation", "vcdr")
 #: AdamW learning rate of each task's head: a linear head on normalised features converges in the few
@@ -34,8 +36,10 @@ HEAD_LR = {"segmentation": 3e-2, "vcdr": 3e-3}
 # heads
 # ---------------------------------------------------------------------------------------------
 
-class SegmentationHead(nn.Module):
-    """Linear disc/cup head: ``(B, C, h, w)`` embedding -> ``(B, 2, h, w)`` logits (a ``1 x 1`` convolution)."""
+class FeatureMapSegmentationHead(nn.Module):
+    """Linear disc/cup head on a feature map: ``(B, C, h, w)`` embedding -> ``(B, 2, h, w)`` logits (a ``1 x 1``
+    convolution). The ViT's token heads are :class:`mfmda_lib.ssl.downstream.TokenSegmentationHead` and
+    :class:`~mfmda_lib.ssl.downstream.TokenVCDRHead`."""
 
     def __init__(self, channels: int, n_classes: int = 2) -> None:
         super().__init__()
@@ -45,7 +49,7 @@ class SegmentationHead(nn.Module):
         return self.classifier(z)  # (B, 2, h, w)
 
 
-class VCDRHead(nn.Module):
+class FeatureMapVCDRHead(nn.Module):
     """vCDR regression: global average pool, linear, sigmoid: ``(B, C, h, w)`` -> ``(B,)`` in (0, 1)."""
 
     def __init__(self, channels: int) -> None:
@@ -59,9 +63,9 @@ class VCDRHead(nn.Module):
 def build_head(task: str, channels: int) -> nn.Module:
     """The head of ``task`` (one of :data:`TASKS`) for a ``channels``-wide embedding."""
     if task == "segmentation":
-        return SegmentationHead(channels)
+        return FeatureMapSegmentationHead(channels)
     if task == "vcdr":
-        return VCDRHead(channels)
+        return FeatureMapVCDRHead(channels)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -69,10 +73,7 @@ def task_loss(task: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """Training loss: BCE + soft Dice for ``(B, 2, h, w)`` logits vs soft masks of that size; MSE for vCDR ``(B,)``."""
     if task == "vcdr":
         return F.mse_loss(out, target)
-    p = torch.sigmoid(out)
-    inter = (p * target).sum(dim=(2, 3))
-    soft_dice = (2 * inter + 1) / (p.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)  # (B, 2)
-    return F.binary_cross_entropy_with_logits(out, target) + (1 - soft_dice).mean()
+    return dice_bce_loss(out, target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,11 +42,11 @@ from torch import nn
 
 from .heads import HEAD_LR, TaskModel
 
-__all__ = ["METHODS", "LORA_TARGETS", "PeftConfig", "block_names", "lora_target_regex", "inject_lora",
+__all__ = ["PEFT_METHODS", "LORA_TARGETS", "PeftConfig", "block_names", "lora_target_regex", "inject_lora",
            "BottleneckAdapter", "inject_adapters", "VisualPrompts", "inject_visual_prompts", "configure_bitfit",
            "inject", "task_model", "trained_state_dict", "save_method", "load_method"]
 
-METHODS = ("lora", "adapter", "visual_prompt", "bitfit", "full")
+PEFT_METHODS = ("lora", "adapter", "visual_prompt", "bitfit", "full")
 #: Linear layers of a TinyViT block (``attn.qkv`` ...) that LoRA may wrap.
 LORA_TARGETS = {"attn": ("attn.qkv", "attn.proj"), "attn_mlp": ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
 
@@ -60,7 +60,7 @@ class PeftConfig:
     """One PEFT run.
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: one of :data:`PEFT_METHODS`.
         lr: AdamW learning rate of the method's parameters (``full``: the encoder's).
         lr_head: AdamW learning rate of the task head (``None``: the task's :data:`~.heads.HEAD_LR`).
         weight_decay: AdamW weight decay.
@@ -82,8 +82,8 @@ class PeftConfig:
     prompt_grid: int = 8
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in PEFT_METHODS:
+            raise ValueError(f"method must be one of {PEFT_METHODS}, got {self.method!r}")
         if self.targets not in LORA_TARGETS:
             raise ValueError(f"targets must be one of {sorted(LORA_TARGETS)}, got {self.targets!r}")
         if self.r < 1 or self.bottleneck < 1 or self.prompt_grid < 1:

@@ -36,7 +36,7 @@ from .heads import task_loss
 from .memory import SavedTensorMeter, TrainingMemory, training_memory
 from .peft_methods import task_model
 
-__all__ = ["TaskData", "task_targets", "RunResult", "train_run", "predict", "score_rows", "auroc"]
+__all__ = ["TaskData", "task_targets", "RunResult", "train_run", "predict", "score_rows"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,11 +223,3 @@ def score_rows(segmenter: PromptableSegmenter, task: str, outputs: torch.Tensor,
     return rows
 
 
-def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve, ``nan`` when only one class is present."""
-    labels = np.asarray(labels)
-    if len(labels) == 0 or labels.min() == labels.max():
-        return math.nan
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))

@@ -10,13 +10,14 @@ Typical use::
 """
 from .base import ChecksumError, InputSpec, ModelUnavailableError, PromptableSegmenter
 from .cache import EmbeddingCache, embed, pooled_embeddings, segment
-from .registry import available_models, load_model
+from .registry import available_models, load_model, model_and_cache
 from .sam import build_toy_segmenter
 
 __all__ = [
     "PromptableSegmenter",
     "InputSpec",
     "load_model",
+    "model_and_cache",
     "available_models",
     "EmbeddingCache",
     "embed",

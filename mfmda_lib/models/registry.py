@@ -15,11 +15,12 @@ import torch
 
 from ..profiles import get_device
 from .base import PromptableSegmenter
+from .cache import EmbeddingCache
 from .litemedsam import build_litemedsam, litemedsam_weights_path
 from .sam import (MEDSAM_VIT_B_WEIGHTS, SAM_VIT_B_WEIGHTS, build_medsam_vit_b, build_sam_vit_b,
                   default_weights_path)
 
-__all__ = ["ModelEntry", "MODELS", "load_model", "available_models"]
+__all__ = ["ModelEntry", "MODELS", "load_model", "available_models", "model_and_cache"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,10 @@ def load_model(name: str = "litemedsam", device: str | torch.device | None = Non
     model.requires_grad_(False)
     model.eval()
     return model.to(torch.device(device) if device is not None else get_device())
+
+
+def model_and_cache(name: str = "litemedsam", device: torch.device | None = None,
+                    checkpoint: str | Path | None = None) -> tuple[PromptableSegmenter, EmbeddingCache]:
+    """A frozen foundation model and its on-disk encoder cache under ``paths().cache``."""
+    model = load_model(name, device=device or get_device(), checkpoint=checkpoint)
+    return model, EmbeddingCache.for_model(model)

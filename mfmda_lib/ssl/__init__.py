@@ -15,11 +15,12 @@ Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretra
 ``train_downstream``, ``evaluate``, ``select_encoder_lr`` (``encoder_lr_configs``: its saved choice),
 ``run_label_budgets``, ``label_mean_vcdr``, ``verdict``, ``takeaways``.
 """
-from .dino import (DINO, DINOConfig, camera_jitter, dino_loss, ema_update, local_crop_side, multi_crop,
+from .dino import (DINO, DINOConfig, camera_jitter, dino_loss, local_crop_side, multi_crop,
                    teacher_entropy, update_center)
-from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel, SegmentationHead, VCDRHead,
+from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel,
+                         TokenSegmentationHead, TokenVCDRHead,
                          budget_subset, evaluate, train_downstream, trainable_share)
-from .experiment import (ENCODER_LR_GRID, LR_SELECTION_RESULT, METHODS, TASK_SCORES, LRSelection, SSLBenchmark,
+from .experiment import (ENCODER_LR_GRID, LR_SELECTION_RESULT, SSL_METHODS, TASK_SCORES, LRSelection, SSLBenchmark,
                          encoder_lr_configs, label_mean_rows, label_mean_vcdr, pretrained_encoder, pretraining_steps,
                          run_label_budgets, select_encoder_lr, to_uint8, validation_samples, vit_config, warmup_cosine)
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
@@ -31,12 +32,12 @@ from .vit import ViTConfig, ViTEncoder, load_encoder, patchify, save_encoder, st
 __all__ = [
     "ViTConfig", "ViTEncoder", "patchify", "unpatchify", "standardize_images", "save_encoder", "load_encoder",
     "MAEConfig", "MAE", "random_masking", "masked_reconstruction_loss",
-    "DINOConfig", "DINO", "multi_crop", "local_crop_side", "camera_jitter", "ema_update", "update_center",
+    "DINOConfig", "DINO", "multi_crop", "local_crop_side", "camera_jitter", "update_center",
     "dino_loss", "teacher_entropy",
-    "LABEL_BUDGETS", "DownstreamConfig", "DownstreamModel", "VCDRHead", "SegmentationHead", "budget_subset",
+    "LABEL_BUDGETS", "DownstreamConfig", "DownstreamModel", "TokenVCDRHead", "TokenSegmentationHead", "budget_subset",
     "train_downstream", "evaluate", "ALL_PROTOCOLS", "trainable_share",
     "unlabelled_pool", "pool_domains",
-    "METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
+    "SSL_METHODS", "TASK_SCORES", "SSLBenchmark", "pretrained_encoder", "pretraining_steps", "warmup_cosine",
     "ENCODER_LR_GRID", "LRSelection", "validation_samples", "select_encoder_lr", "LR_SELECTION_RESULT",
     "encoder_lr_configs",
     "run_label_budgets", "label_mean_vcdr", "label_mean_rows", "smallest_budget_comparison", "verdict",

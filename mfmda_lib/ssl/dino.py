@@ -37,10 +37,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..data import PIXEL_MEAN, PIXEL_STD
+from ..train import ema_update
 from .vit import ViTEncoder
 
 __all__ = ["DINOConfig", "DINO", "DINOHead", "random_view", "camera_jitter", "local_crop_side", "multi_crop",
-           "ema_update", "update_center", "dino_loss", "teacher_entropy"]
+           "update_center", "dino_loss", "teacher_entropy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +153,6 @@ def camera_jitter(x: torch.Tensor, config: "DINOConfig", g: torch.Generator) -> 
 
     ``x (B, 3, S, S)`` normalised with the kit's ``PIXEL_MEAN`` / ``PIXEL_STD`` -> same shape and scale.
     """
-    from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD
-
     b = len(x)
     pixels = (x * PIXEL_STD + PIXEL_MEAN).clamp(1e-4, 1)  # (B, 3, S, S) in (0, 1]
     gamma = torch.exp(config.gamma_jitter * (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1))  # (B, 3, 1, 1)
@@ -185,13 +185,6 @@ def multi_crop(x: torch.Tensor, config: DINOConfig, generator: torch.Generator, 
 
     return ([view(config.crop_scale) for _ in range(2)],
             [view(config.local_crops_scale, side) for _ in range(config.local_crops_number)])
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``theta_t <- lambda * theta_t + (1 - lambda) * theta_s`` for every parameter (Sec. 3.1)."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ Sections: constants and config, heads, tensors, training, scoring.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,12 +26,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..adapt.tta_benchmark import score_logits, to_tensor
+from ..adapt.tta_benchmark import score_logits
+from ..data import normalised_tensors
+from ..losses import dice_bce_loss
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR, FundusSample
 from ..train import FitConfig, fit
 from .vit import ViTEncoder, unpatchify
 
-__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "ALL_PROTOCOLS", "DownstreamConfig", "VCDRHead", "SegmentationHead",
+__all__ = ["LABEL_BUDGETS", "TASKS", "PROTOCOLS", "ALL_PROTOCOLS", "DownstreamConfig", "TokenVCDRHead",
+           "TokenSegmentationHead",
            "DownstreamModel", "budget_subset", "encoder_param_groups", "train_downstream", "trainable_share",
            "evaluate"]
 
@@ -88,7 +90,7 @@ class DownstreamConfig:
 # heads
 # ---------------------------------------------------------------------------------------------
 
-class VCDRHead(nn.Module):
+class TokenVCDRHead(nn.Module):
     """Linear regression of vCDR from the mean patch token: ``(B, N, D)`` -> ``(B,)``."""
 
     def __init__(self, dim: int) -> None:
@@ -99,8 +101,9 @@ class VCDRHead(nn.Module):
         return self.linear(self.norm(tokens.mean(dim=1))).squeeze(-1)  # (B,)
 
 
-class SegmentationHead(nn.Module):
-    """Light decoder: each patch token -> its ``p x p`` disc/cup logits, then a 3 x 3 conv.
+class TokenSegmentationHead(nn.Module):
+    """Light decoder on ViT tokens: each patch token -> its ``p x p`` disc/cup logits, then a 3 x 3 conv
+    (the feature-map heads of LiteMedSAM's encoder are in :mod:`mfmda_lib.finetune.heads`).
 
     ``(B, N, D)`` -> ``(B, 2, S, S)``.
     """
@@ -129,7 +132,7 @@ class DownstreamModel(nn.Module):
                              f"got {task!r}, {protocol!r}")
         self.encoder, self.task, self.protocol = encoder, task, protocol
         cfg = encoder.config
-        self.head = VCDRHead(cfg.dim) if task == "vcdr" else SegmentationHead(cfg.dim, cfg.patch_size)
+        self.head = TokenVCDRHead(cfg.dim) if task == "vcdr" else TokenSegmentationHead(cfg.dim, cfg.patch_size)
         self.encoder.requires_grad_(protocol == "finetune")
         if protocol == "lora":
             from peft import LoraConfig, inject_adapter_in_model
@@ -164,19 +167,13 @@ def budget_subset(samples: Sequence[FundusSample], fraction: float, *, min_image
 
 def task_tensors(samples: Sequence[FundusSample], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``x (N, 3, S, S)``, masks ``(N, 2, S, S)`` and vCDR ``(N,)`` of ``samples`` at ``size`` px."""
-    x, masks = to_tensor(samples, size)
+    x, masks = normalised_tensors(samples, size)
     return x, masks, torch.tensor([s.vcdr for s in samples], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
-
-def _soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    p = torch.sigmoid(logits)
-    inter = (p * y).sum(dim=(2, 3))
-    return 1 - ((2 * inter + eps) / (p.sum(dim=(2, 3)) + y.sum(dim=(2, 3)) + eps)).mean()
-
 
 def encoder_param_groups(encoder: ViTEncoder, lr: float, layer_decay: float) -> list[dict]:
     """Optimizer groups of ``encoder`` with layer-wise decay: the last block and final norm at ``lr``, each
@@ -242,7 +239,7 @@ def train_downstream(encoder: ViTEncoder, task: str, protocol: str, train: Seque
         out = m.head(bx) if cached is not None else m(bx)
         if task == "vcdr":
             return F.mse_loss(out, bv)
-        return F.binary_cross_entropy_with_logits(out, by) + _soft_dice_loss(out, by)
+        return dice_bce_loss(out, by)
 
     groups = [{"params": list(model.head.parameters()), "lr": config.lr_head}]
     if protocol == "finetune":
@@ -289,11 +286,3 @@ def evaluate(model: DownstreamModel, samples: Sequence[FundusSample], *, batch_s
     return rows
 
 
-def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve, or ``nan`` when only one class is present."""
-    labels = np.asarray(labels)
-    if labels.min() == labels.max():
-        return math.nan
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, np.asarray(scores)))

@@ -28,25 +28,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD
-from ..data import SOURCE_DOMAIN, FundusSample
+from ..data import DOMAINS, PIXEL_MEAN, PIXEL_STD, SOURCE_DOMAIN, FundusSample, benchmark_samples
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR
+from ..data.synthetic import generate_sample
+from ..evaluation.metrics import auroc
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
 from .dino import DINO, DINOConfig, random_view
-from .downstream import (LABEL_BUDGETS, PROTOCOLS, TASKS, DownstreamConfig, auroc, budget_subset, evaluate,
+from .downstream import (LABEL_BUDGETS, PROTOCOLS, TASKS, DownstreamConfig, budget_subset, evaluate,
                          train_downstream)
 from .mae import MAE, MAEConfig
 from .pool import unlabelled_pool
 from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
-__all__ = ["METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
+__all__ = ["SSL_METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
            "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples",
            "LRSelection", "select_encoder_lr", "LR_SELECTION_RESULT", "encoder_lr_configs", "run_label_budgets",
            "label_mean_vcdr", "label_mean_rows"]
 
 #: Self-supervised methods and their config classes.
-METHODS = {"mae": MAEConfig, "dino": DINOConfig}
+SSL_METHODS = {"mae": MAEConfig, "dino": DINOConfig}
 #: Reconstructions kept for the figure: this many images, at this many points of training.
 N_SNAPSHOT_IMAGES, N_SNAPSHOTS = 4, 4
 #: MAE's own augmentation: random resized crops over this area range and flips.
@@ -117,9 +118,9 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
         ``snapshot_epochs (T,)``, ``visible`` and ``reconstruction`` ``(T, n, 3, S, S)``: fixed
         images as the encoder saw them and as the model rebuilt them at ``T`` points of training.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown SSL method {method!r}: choose one of {sorted(METHODS)}")
-    config = config or METHODS[method]()
+    if method not in SSL_METHODS:
+        raise ValueError(f"unknown SSL method {method!r}: choose one of {sorted(SSL_METHODS)}")
+    config = config or SSL_METHODS[method]()
     vit = vit_config(profile)
     path = checkpoint_path(profile, method, vit, config)
     loaded = load_encoder(path, vit)
@@ -269,8 +270,6 @@ def _gain(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
 def _labelled_source(profile: Profile, config: DownstreamConfig) -> tuple[list[FundusSample], int, int]:
     """The source hospital's labelled ``train`` images and the ``(epochs, steps_per_epoch)`` of every run:
     an "epoch" is one pass over the full labelled set, and every run takes ``ssl_downstream_steps`` steps."""
-    from ..experiments import benchmark_samples
-
     source = benchmark_samples(profile, "train", profile.train_per_domain, domains=[SOURCE_DOMAIN])
     steps_per_epoch = math.ceil(len(source) / config.batch_size)
     return source, math.ceil(profile.ssl_downstream_steps / steps_per_epoch), steps_per_epoch
@@ -291,9 +290,6 @@ def validation_samples(profile: Profile, n_per_domain: int | None = None) -> lis
     with ``split="val"``): never in the unlabelled pool (``train``), the labelled source images (``train``)
     or the reported scores (``test``). ``n_per_domain`` defaults to ``profile.eval_per_domain``.
     """
-    from ..data import DOMAINS
-    from ..data.synthetic import generate_sample
-
     n = profile.eval_per_domain if n_per_domain is None else n_per_domain
     return [generate_sample(d, i, split="val", size=profile.image_size, severity=profile.severity, seed=profile.seed)
             for d in DOMAINS for i in range(n)]
@@ -398,8 +394,6 @@ def run_label_budgets(profile: Profile, encoders: dict[str, ViTEncoder], *,
     """
     from tqdm.auto import tqdm
 
-    from ..experiments import benchmark_samples
-
     if "random" not in encoders:
         raise ValueError("run_label_budgets: pass a randomly initialised encoder as encoders['random'] (the baseline)")
     configs = config if isinstance(config, dict) else {init: config or DownstreamConfig() for init in encoders}
@@ -456,8 +450,6 @@ def label_mean_rows(profile: Profile, *, draws: int | None = None, config: Downs
                     ) -> list[dict]:
     """The per-image rows behind :func:`label_mean_vcdr` (``protocol="constant"``, ``init="label_mean"``),
     shaped like :attr:`SSLBenchmark.rows`, so that a head can be compared with the constant image by image."""
-    from ..experiments import benchmark_samples
-
     config = config or DownstreamConfig()
     draws = profile.ssl_label_draws if draws is None else draws
     source, _, _ = _labelled_source(profile, config)

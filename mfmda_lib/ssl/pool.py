@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapt.tta_benchmark import PIXEL_MEAN, PIXEL_STD, to_tensor
-from ..data import DOMAINS
+from ..data import DOMAINS, PIXEL_MEAN, PIXEL_STD, normalised_tensors
 from ..data.synthetic import generate_sample
 from ..io import atomic_write, sha256_bytes
 from ..profiles import Profile, paths
@@ -66,7 +65,7 @@ def _render(profile: Profile, progress: bool) -> torch.Tensor:
     for start in range(0, len(jobs), _CHUNK):
         samples = [generate_sample(d, i, split="train", size=profile.image_size, severity=profile.severity,
                                    seed=profile.seed) for d, i in jobs[start:start + _CHUNK]]
-        x = to_tensor(samples, profile.ssl_image_size)[0]  # (n, 3, S, S) normalised
+        x = normalised_tensors(samples, profile.ssl_image_size)[0]  # (n, 3, S, S) normalised
         out.append(((x * PIXEL_STD + PIXEL_MEAN).clamp(0, 1) * 255).round().to(torch.uint8))
         bar.update(len(samples))
     bar.close()
