@@ -463,7 +463,7 @@ class _Runner:
         """
         steps = tuple(s for s in cfg.steps if s != "align")
         wcfg = cfg.replace(steps=steps, epochs=self.profile.stage2_warmup_epochs, align_taps=None, use_rein=False,
-                           rein_from=None, **WARMUP_CHANGES)
+                           rein_from=None, align_lr=None, **WARMUP_CHANGES)  # step (1)'s rate: no step (1) here
         pair = pair if "translated" in steps else None
         digest = _digest(wcfg.digest(), source_digest, _images_digest(pair))
         if digest not in self._warm:

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.metrics import _markdown
+from ..evaluation.reporting import load_result
 from ..evaluation.stats import NO_DIFFERENCE, compare
 
-__all__ = ["GAP_GOAL", "headline_markdown", "verdict_lines", "alignment_log"]
+__all__ = ["GAP_GOAL", "ALIGN_LR_RESULTS", "headline_markdown", "verdict_lines", "alignment_log", "saved_align_lr"]
 
 #: the share of the source-only -> oracle gap MFM-DA is meant to close (issue goal, not the paper's claim)
 GAP_GOAL = 0.5
@@ -115,3 +116,26 @@ def alignment_log(histories: dict, method: str = "mfmda") -> pd.DataFrame:
                             "loss_align_before": e.get("loss_align_before", np.nan),
                             "loss_align_after": e.get("loss_align_after", np.nan)})
     return pd.DataFrame(out)
+
+
+#: the saved results of ``benchmarks/stage2_align_lr.py``: step (1)'s rate raised alone, and both rates raised
+ALIGN_LR_RESULTS = {"step (1) only": "stage2_align_lr", "both optimisers": "stage2_align_lr_both"}
+
+
+def saved_align_lr(results_dir, profile_name: str, fallback: str = "cpu") -> list[tuple[str, str, pd.DataFrame, list]]:
+    """The saved learning-rate benchmarks of stage 2, for a notebook to show.
+
+    Each result is read for ``profile_name``, else for ``fallback`` (the committed cpu measurement).
+
+    Returns:
+        ``[(mode, profile it was measured in, table, paired-difference sentences)]`` for each result found.
+    """
+    found = []
+    for mode, name in ALIGN_LR_RESULTS.items():
+        for p in dict.fromkeys((profile_name, fallback)):
+            saved = load_result(results_dir, name, p)
+            if saved is not None:
+                table = pd.DataFrame(saved["table"]).set_index(["target", "align_lr"])
+                found.append((mode, p, table, list(saved["meta"].get("paired_differences", []))))
+                break
+    return found
