@@ -209,6 +209,7 @@ def test_save_figure_writes_png_atomically(tmp_path):
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 100 and img.height > 100
         assert img.info.get("dpi", (120, 120))[0] == pytest.approx(120, abs=0.5)
+        assert img.mode == "P" and len(img.getcolors(maxcolors=1 << 16)) <= plots._common.PNG_COLOURS  # small palette PNG
     assert [p.name for p in out.parent.iterdir()] == ["overlay.png"]  # no temp file left
     with pytest.raises(ValueError, match=".png"):
         plots.save_figure(fig, tmp_path / "x.jpeg")

@@ -1,12 +1,14 @@
 """Helpers shared by the figure modules: atomic saving, image strips, colours, checks."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import seaborn as sns
+from PIL import Image
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -25,6 +27,9 @@ LOWER_IS_BETTER = ("hd95", "err")
 
 _SAVE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
+#: colours of a saved PNG (a palette image: the decks' figures must stay under 200 kB each)
+PNG_COLOURS = 256
+
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -36,7 +41,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path
     Args:
         fig: the figure to save.
         path: destination ending in ``.png`` (or ``.pdf`` / ``.svg``); parent folders are created.
-        dpi: resolution of raster output.
+        dpi: resolution of raster output. PNGs are written as 256-colour palette images (:data:`PNG_COLOURS`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -46,7 +51,14 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path
     if fmt is None:
         raise ValueError(f"save_figure: {path} must end in one of {sorted(_SAVE_FORMATS)}")
     with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight")
+        if fmt != "png":
+            fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight")
+        else:  # a 256-colour palette PNG: plots lose nothing visible, and committed figures stay small
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+            with Image.open(buffer) as rgba:
+                small = rgba.convert("RGB").quantize(colors=PNG_COLOURS, method=Image.Quantize.MEDIANCUT)
+                small.save(handle, format="PNG", optimize=True, dpi=(dpi, dpi))
     return path
 
 
