@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..adapt.tta import Tent, TTAConfig
-from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample
+from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..diffusion.stage1 import translated_source
 from ..evaluation.metrics import per_domain_table, segmentation_scores
 from ..evaluation.stats import Comparison, compare, gap_closed, seed_table
@@ -168,32 +168,23 @@ def stage2_seeds(profile: Profile) -> list[int]:
 # data
 # ---------------------------------------------------------------------------------------------
 
-# issue 15: the four `from ..experiments import benchmark_samples` below can be one top-level `from ..data import benchmark_samples`.
 def source_samples(profile: Profile) -> list[FundusSample]:
     """The labelled source images of stage 2: the first ``stage2_pairs`` of stage 1's list (source train split)."""
-    from ..experiments import benchmark_samples
-
     return benchmark_samples(profile, "train", profile.stage2_pairs, domains=[SOURCE_DOMAIN])
 
 
 def target_images(profile: Profile, target: str) -> list[np.ndarray]:
     """The K = ``profile.stage1_k_target`` unlabelled images of a target: the first of its train split."""
-    from ..experiments import benchmark_samples
-
     return [s.image for s in benchmark_samples(profile, "train", profile.stage1_k_target, domains=[target])]
 
 
 def oracle_samples(profile: Profile, target: str) -> list[FundusSample]:
     """The oracle's labelled target images: the first ``stage2_pairs`` of the target's train split."""
-    from ..experiments import benchmark_samples
-
     return benchmark_samples(profile, "train", profile.stage2_pairs, domains=[target])
 
 
 def test_samples(profile: Profile, domains: Sequence[str]) -> dict[str, list[FundusSample]]:
     """The scored test images of each domain (``eval_per_domain`` of the test split)."""
-    from ..experiments import benchmark_samples
-
     return {d: benchmark_samples(profile, "test", profile.stage2_test_per_domain, domains=[d]) for d in domains}
 
 
