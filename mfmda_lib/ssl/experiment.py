@@ -32,6 +32,7 @@ from ..data import DOMAINS, PIXEL_MEAN, PIXEL_STD, SOURCE_DOMAIN, FundusSample, 
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR
 from ..data.synthetic import generate_sample
 from ..evaluation.metrics import auroc
+from ..evaluation.reporting import load_result
 from ..profiles import Profile, paths, seed_everything
 from ..train import FitConfig, fit
 from .dino import DINO, DINOConfig, random_view
@@ -362,8 +363,6 @@ def encoder_lr_configs(profile: Profile, encoders: dict[str, ViTEncoder], *, con
     Returns:
         ``({init: config}, origin)``: origin names the file the rates were read from, or ``"selected now"``.
     """
-    from ..evaluation.reporting import load_result
-
     config = config or DownstreamConfig()
     saved = load_result(paths().results, LR_SELECTION_RESULT, profile.name)
     meta = (saved or {}).get("meta", {})
