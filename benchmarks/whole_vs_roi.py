@@ -83,17 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def small_png(source: str | Path, out: str | Path, *, width: int = 960, colours: int = 256) -> Path:
+def small_png(source: str | Path, out: str | Path, *, width: int = 960) -> Path:
     """``source`` scaled down to at most ``width`` pixels wide and saved as a palette PNG at ``out`` (for the README)."""
     from PIL import Image
+
+    from mfmda_lib.plots import save_palette_png
 
     image = Image.open(source).convert("RGB")
     if image.width > width:
         image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.quantize(colours).save(out, optimize=True)
-    return out
+    return save_palette_png(image, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Sections: helpers -> single-image panels -> dataset figures -> result figures.
 The result figures that take a ``result`` need only its ``rows``, ``samples``, ``pred_disc`` and
 ``pred_cup`` (a :class:`mfmda_lib.evaluation.zero_shot.ZeroShotResult` has them).
 """
-from ._common import BOX_COLOUR, CUP_COLOUR, DISC_COLOUR, hstack_images, save_figure
+from ._common import BOX_COLOUR, CUP_COLOUR, DISC_COLOUR, hstack_images, save_figure, save_palette_png
 from .images import overlay, sample_grid, colour_histograms, embedding_scatter, severity_strip
 from .results import metric_table_heatmap, failure_gallery, tta_settings_figure, tta_stream_figure, zero_shot_figure, method_domain_bars
 
@@ -28,6 +28,7 @@ __all__ = [
     "metric_table_heatmap",
     "severity_strip",
     "save_figure",
+    "save_palette_png",
     "hstack_images",
     "failure_gallery",
     "zero_shot_figure",

@@ -57,9 +57,21 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
             with Image.open(buffer) as rgba:
-                small = rgba.convert("RGB").quantize(colors=PNG_COLOURS, method=Image.Quantize.MEDIANCUT)
-                small.save(handle, format="PNG", optimize=True, dpi=(dpi, dpi))
+                _write_palette_png(rgba, handle, dpi=dpi)
     return path
+
+
+def save_palette_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save a PIL image atomically as a :data:`PNG_COLOURS`-colour palette PNG (what :func:`save_figure` writes)."""
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        _write_palette_png(image, handle)
+    return path
+
+
+def _write_palette_png(image: Image.Image, handle, dpi: int | None = None) -> None:
+    small = image.convert("RGB").quantize(colors=PNG_COLOURS, method=Image.Quantize.MEDIANCUT)
+    small.save(handle, format="PNG", optimize=True, **({"dpi": (dpi, dpi)} if dpi else {}))
 
 
 def hstack_images(images: Sequence[np.ndarray], gap: int = 4, fill: int = 255) -> np.ndarray:
