@@ -408,7 +408,7 @@ def inventory(p: Profile) -> list[Step]:
         Step("05", "encoder LoRA step (whole encoder)", p.lora_epochs * p.lora_train_images * 2,
              "lora_epochs*lora_train*2", lambda b: encoder_suffix_train("patch_embed", b),
              same_as="suffix patch_embed"),
-        Step("05", "single-image TTA step", tta_images * 2 * p.tta_steps, "3*eval*2*tta_steps", decoder_train,
+        Step("05", "single-image TTA step", tta_images * 2 * p.sam_tta_steps, "3*eval*2*sam_tta_steps", decoder_train,
              same_as="decoder train"),
         Step("05", "score an image (Dice, IoU, HD95)", 5 * tta_images, "5 methods*3*eval", score_image, "cpu",
              same_as="score"),

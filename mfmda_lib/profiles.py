@@ -61,7 +61,9 @@ class Profile:
         adapter_batch_size: cached embeddings per optimisation step (notebook 05).
         lora_train_images: source images used to train encoder LoRA (it re-runs the encoder).
         lora_epochs: epochs of encoder LoRA training.
-        tta_steps: optimisation steps of single-image / per-batch test-time adaptation.
+        tta_steps: optimisation steps of per-batch test-time adaptation (notebook 06).
+        sam_tta_steps: optimisation steps of notebook 05's single-image test-time adaptation of the decoder
+            adapter (cpu: 2, fewer than ``tta_steps``, to keep notebook 05 within 15 min of CPU time).
         small_model_size: image side for the small CNN trained from scratch (notebook 06).
         small_model_epochs: epochs of training that CNN on the source domain.
         tta_batch_size: test images per adaptation batch (notebook 06).
@@ -157,6 +159,7 @@ class Profile:
     lora_train_images: int
     lora_epochs: int
     tta_steps: int
+    sam_tta_steps: int
     small_model_size: int
     small_model_epochs: int
     tta_batch_size: int
@@ -259,11 +262,12 @@ SIZES: dict[str, tuple] = {
     "encoder_batch_size": (2, 4, 32, 16),
     "seed":               (0, 0, 0, 0),
     # notebooks 05-06
-    "adapter_epochs":     (2, 4, 40, 20),
+    "adapter_epochs":     (2, 3, 40, 20),
     "adapter_batch_size": (4, 8, 16, 16),
     "lora_train_images":  (2, 8, 200, 40),
-    "lora_epochs":        (1, 2, 10, 3),
+    "lora_epochs":        (1, 1, 10, 3),
     "tta_steps":          (2, 5, 20, 10),
+    "sam_tta_steps":      (2, 2, 20, 10),
     "small_model_size":   (64, 96, 128, 128),
     "small_model_epochs": (2, 60, 40, 40),
     "tta_batch_size":     (4, 8, 16, 16),

@@ -87,7 +87,7 @@ def test_fine_tuning_strategies_and_peft_repeat_exactly(tmp_path, monkeypatch, t
 
 def test_sam_comparison_repeats_exactly(tmp_path, monkeypatch, tiny_benchmark_samples):
     profile = get_profile("ci").replace(train_per_domain=4, eval_per_domain=1, lora_train_images=1, adapter_epochs=1,
-                                        lora_epochs=1, tta_steps=1, verdict_seeds=2, encoder_batch_size=2)
+                                        lora_epochs=1, sam_tta_steps=1, verdict_seeds=2, encoder_batch_size=2)
     segmenter = build_toy_segmenter().requires_grad_(False).eval()
     config = sam_comparison.ComparisonConfig(lora=sam_tuning.LoraConfigLite(target_modules=r"[036]"))  # toy convs
 

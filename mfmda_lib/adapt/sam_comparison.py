@@ -267,7 +267,7 @@ def _run_seed(profile: Profile, model: PromptableSegmenter, config: ComparisonCo
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         for i, s in enumerate(samples):
-            logits = tta.adapt(target.embeddings[i:i + 1], target.boxes[i], profile.tta_steps,
+            logits = tta.adapt(target.embeddings[i:i + 1], target.boxes[i], profile.sam_tta_steps,
                                seed=TTA_SEED_STRIDE * seed + i)
             d, c = _to_masks(adapted, logits, s)
             pred_disc.append(d)

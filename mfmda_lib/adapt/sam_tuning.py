@@ -382,7 +382,7 @@ class SingleImageTTA:
         Args:
             embedding: ``(1, C, h, w)`` the image's (cached) embedding.
             boxes: ``(K, 4)`` its prompts in input pixels (disc and cup).
-            steps: optimisation steps (``profile.tta_steps``).
+            steps: optimisation steps (``profile.sam_tta_steps`` in notebook 05).
 
         Returns:
             ``(K, 1, S, S)`` logits of the adapted model for ``boxes``.
