@@ -144,3 +144,21 @@ def test_translated_source_checks_its_arguments():
         translated_source(PROFILES["ci"], "riga_binrushed", variant="cyclegan")
     with pytest.raises(ValueError, match="target_domain"):
         translated_source(PROFILES["ci"], "refuge_train")
+
+
+def test_score_translations_gives_the_source_gap_one_and_the_targets_own_images_gap_zero():
+    from mfmda_lib.data import benchmark_samples
+    from mfmda_lib.diffusion.comparison import SOURCE_ROW, score_translations
+    from mfmda_lib.diffusion.stage1 import sources_to_translate
+    from mfmda_lib.models import build_toy_segmenter
+
+    profile = PROFILES["ci"]
+    sources = [s.image for s in sources_to_translate(profile)]
+    own = [s.image for s in benchmark_samples(profile, "train", profile.train_per_domain, domains=["riga_messidor"])]
+    table = score_translations(profile, "riga_messidor", {"untouched": sources, "the target's own": own},
+                               segmenter=build_toy_segmenter())
+    assert list(table.index) == [SOURCE_ROW, "untouched", "the target's own"]
+    assert table.loc[SOURCE_ROW, "gap_left"] == pytest.approx(1.0)
+    assert table.loc["the target's own", "gap_left"] == pytest.approx(0.0, abs=1e-9)  # the gap's own reference
+    assert table.loc["untouched"].tolist() == pytest.approx(table.loc[SOURCE_ROW].tolist())  # same images, same row
+    assert ((table[["disc_dice", "cup_dice"]] >= 0) & (table[["disc_dice", "cup_dice"]] <= 1)).all().all()

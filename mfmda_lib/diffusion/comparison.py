@@ -41,7 +41,7 @@ from .stage1 import feature_encoder, sources_to_translate, stage1_dir, target_sa
 from .translate import to_full_resolution
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
-           "translation_ceiling", "CEILING_ROWS"]
+           "translation_ceiling", "CEILING_ROWS", "score_translations"]
 
 SOURCE_ROW = "source (untranslated)"
 
@@ -115,6 +115,32 @@ def gap_meter(profile: Profile, target_domain: str, segmenter, cache=None):
     return lambda images: float(np.linalg.norm(embed(images) - centre)) / gap_source
 
 
+def score_translations(profile: Profile, target_domain: str, candidates: dict[str, Sequence[np.ndarray]], *,
+                       segmenter=None, cache=None) -> pd.DataFrame:
+    """Score images that stand in for the source training images on one target, the held-out way.
+
+    Args:
+        candidates: name -> one image per source training image (:func:`~.stage1.sources_to_translate`
+            order; only the first ``stage1_eval_images`` are scored), e.g. stage 1's translations and a
+            baseline's output from the same K target images.
+
+    Returns:
+        Index :data:`SOURCE_ROW` (the untranslated source: ``gap_left`` 1 by definition) then the candidates;
+        columns ``gap_left`` (:func:`gap_meter`, a feature no stage-1 loss uses) and ``disc_dice``,
+        ``cup_dice`` (structure kept: :func:`~.metrics.structure_preservation`).
+    """
+    if segmenter is None:
+        segmenter, cache = model_and_cache("litemedsam")
+    sources = sources_to_translate(profile)[:profile.stage1_eval_images]
+    gap = gap_meter(profile, target_domain, segmenter, cache)
+    rows = []
+    for name, images in {SOURCE_ROW: [s.image for s in sources], **candidates}.items():
+        images = list(images)[:len(sources)]
+        rows.append({"method": name, "gap_left": gap(images),
+                     **structure_preservation(segmenter, sources, images, cache, batch_size=profile.encoder_batch_size)})
+    return pd.DataFrame(rows).set_index("method")
+
+
 #: rows of :func:`translation_ceiling`
 CEILING_ROWS = ("oracle camera, full resolution", "oracle camera through the DDPM's resolution")
 
@@ -140,12 +166,9 @@ def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None,
     size = profile.ddpm_image_size
     squeezed = to_full_resolution([s.image for s in sources], to_signed_tensor(oracle, size),
                                   translate_config(profile).change_low_pass)
-    gap = gap_meter(profile, target_domain, segmenter, cache)
-    rows = []
-    for name, images in zip(CEILING_ROWS, (oracle, squeezed)):
-        rows.append({"row": name, "gap_left": gap(images),
-                     **structure_preservation(segmenter, sources, images, cache, batch_size=profile.encoder_batch_size)})
-    return pd.DataFrame(rows).set_index("row")
+    table = score_translations(profile, target_domain, dict(zip(CEILING_ROWS, (oracle, squeezed))),
+                               segmenter=segmenter, cache=cache)
+    return table.drop(index=SOURCE_ROW).rename_axis("row")
 
 
 def compare_variants(profile: Profile, target_domain: str, variants: Sequence[str] = VARIANTS, *,
