@@ -25,13 +25,11 @@ import pandas as pd
 
 from mfmda_lib.align.baselines import fda_samples, histogram_matched_samples
 from mfmda_lib.data import TARGET_DOMAINS
-from mfmda_lib.diffusion.comparison import CEILING_ROWS, score_translations, translation_ceiling
+from mfmda_lib.diffusion.comparison import (CEILING_ROWS, DISC_DICE_MIN, GAP_LEFT_MAX, STAGE1_TARGETS_RESULT,
+                                            score_translations, stage1_target_lines, translation_ceiling)
 from mfmda_lib.diffusion.stage1 import sources_to_translate, target_samples, translated_source
 from mfmda_lib.experiments import model_and_cache, save_result
 from mfmda_lib.profiles import PROFILES, get_profile
-
-#: the issue's thresholds (not the paper's): gap_left at most this, disc Dice on translations at least that
-GAP_LEFT_MAX, DISC_DICE_MIN = 0.7, 0.85
 
 
 def target_rows(profile, target: str, segmenter, cache) -> pd.DataFrame:
@@ -59,11 +57,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     start = time.perf_counter()
     table = pd.concat([target_rows(profile, t, segmenter, cache) for t in args.targets])
     table["meets_issue_12"] = (table["gap_left"] <= GAP_LEFT_MAX) & (table["disc_dice"] >= DISC_DICE_MIN)
-    save_result("mfmda_stage1_targets", profile, table.reset_index().set_index("target"),
+    save_result(STAGE1_TARGETS_RESULT, profile, table.reset_index().set_index("target"),
                 meta={"targets": args.targets, "n_images": profile.stage1_eval_images,
                       "gap_left_max": GAP_LEFT_MAX, "disc_dice_min": DISC_DICE_MIN,
                       "seconds": round(time.perf_counter() - start, 1)})
     print(table.to_string(float_format="%.3f"))
+    print("\n".join(stage1_target_lines(table)))
     return table
 
 

@@ -39,11 +39,19 @@ from .checkpoint import read_sidecar
 from .source import load_source_ddpm, source_ddpm_path
 from .stage1 import feature_encoder, sources_to_translate, stage1_dir, target_samples, translate_config, translated_source
 from .translate import to_full_resolution
+from ..evaluation.reporting import load_result
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
-           "translation_ceiling", "CEILING_ROWS", "score_translations"]
+           "translation_ceiling", "CEILING_ROWS", "score_translations", "GAP_LEFT_MAX", "DISC_DICE_MIN",
+           "STAGE1_TARGETS_RESULT", "saved_stage1_targets", "stage1_target_lines"]
 
 SOURCE_ROW = "source (untranslated)"
+
+#: issue 12's bar for stage 1 (the kit's, not the paper's): on every target the translations leave at most this
+#: share of the held-out feature gap and keep box-prompted LiteMedSAM disc Dice at least that
+GAP_LEFT_MAX, DISC_DICE_MIN = 0.7, 0.85
+#: the saved result of ``benchmarks/stage1_targets.py`` (``results/<name>_<profile>.json``)
+STAGE1_TARGETS_RESULT = "mfmda_stage1_targets"
 
 
 @dataclass
@@ -217,3 +225,33 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
     table = pd.DataFrame(rows).set_index("method")
     histories = {v: stage1_history(profile, target_domain, v) for v in variants}
     return Stage1Comparison(target_domain, sources, targets, translations, table, histories, seconds)
+
+
+def saved_stage1_targets(results_dir, profile_name: str, fallback: str = "cpu") -> tuple[str, pd.DataFrame] | None:
+    """``benchmarks/stage1_targets.py``'s table for ``profile_name``, else ``fallback``'s (the committed cpu one).
+
+    Returns:
+        ``(profile it was measured in, table indexed by (target, method))``, or None if neither was saved.
+    """
+    for name in dict.fromkeys((profile_name, fallback)):
+        saved = load_result(results_dir, STAGE1_TARGETS_RESULT, name)
+        if saved is not None:
+            return name, pd.DataFrame(saved["table"]).set_index(["target", "method"])
+    return None
+
+
+def stage1_target_lines(table: pd.DataFrame, method: str = "stage1") -> list[str]:
+    """One sentence per target, computed from a :func:`saved_stage1_targets` table: does ``method`` meet the bar
+    (:data:`GAP_LEFT_MAX`, :data:`DISC_DICE_MIN`), and which candidate closes the most of the gap."""
+    lines = []
+    for target, rows in table.groupby(level="target", sort=False):
+        rows = rows.droplevel("target")
+        row = rows.loc[method]
+        bar = "meets" if row.gap_left <= GAP_LEFT_MAX and row.disc_dice >= DISC_DICE_MIN else "misses"
+        others = rows.drop(index=[SOURCE_ROW, method, "oracle camera"], errors="ignore")
+        best = others.gap_left.idxmin() if len(others) else None
+        against = (f"; {best} leaves {others.gap_left[best]:.2f} (disc Dice {others.disc_dice[best]:.2f})"
+                   if best is not None else "")
+        lines.append(f"{target}: {method} leaves {row.gap_left:.2f} of the gap with disc Dice {row.disc_dice:.2f}, "
+                     f"{bar} the bar (gap_left <= {GAP_LEFT_MAX}, disc Dice >= {DISC_DICE_MIN}){against}.")
+    return lines
