@@ -43,7 +43,7 @@ def target_rows(profile, target: str, segmenter, cache) -> pd.DataFrame:
     }
     table = score_translations(profile, target, candidates, segmenter=segmenter, cache=cache)
     oracle = translation_ceiling(profile, target, segmenter=segmenter, cache=cache).loc[[CEILING_ROWS[0]]]
-    table = pd.concat([table, oracle.rename(index={CEILING_ROWS[0]: "oracle camera"})])
+    table = pd.concat([table, oracle.rename(index={CEILING_ROWS[0]: "oracle camera"})]).rename_axis("method")
     return table.assign(target=target).set_index("target", append=True).swaplevel()
 
 
