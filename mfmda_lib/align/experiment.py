@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..adapt.tta import Tent, TTAConfig
+from ..adapt.tta import Tent
+from ..adapt.tta_base import TTAConfig
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..diffusion.stage1 import translated_source
 from ..evaluation.metrics import per_domain_table, segmentation_scores

@@ -149,9 +149,10 @@ def tta_diagram(methods: Mapping[str, nn.Module]) -> Diagram:
     """For each test-time method: which statistics it normalises with, and which parameters it may change.
 
     The statistics are read off the wrapped model's BatchNorm layers (train mode without running
-    statistics: the test batch's; MEMO's :class:`~mfmda_lib.adapt.tta.PriorBatchNorm2d`: a mixture).
+    statistics: the test batch's; MEMO's :class:`~mfmda_lib.adapt.tta_augmented.PriorBatchNorm2d`: a mixture).
     """
-    from ..adapt.tta import PriorBatchNorm2d, collect_norm_params
+    from ..adapt.tta_augmented import PriorBatchNorm2d
+    from ..adapt.tta_base import collect_norm_params
 
     rows = []
     for name, method in methods.items():
