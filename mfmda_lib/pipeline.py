@@ -100,7 +100,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
             cached translations are still reused when their settings match).
         log: where stage messages go.
     """
-    from .align.experiment import PIPELINE_METHODS
+    from .align.methods import PIPELINE_METHODS
     from .diffusion.source import load_source_ddpm
     from .diffusion.training import make_accelerator
 
@@ -133,7 +133,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
         _run_user_folder(profile, config, target, state, result, accelerator, progress, log)
         return result
 
-    from .align.experiment import run_stage2, source_samples
+    from .align.experiment import run_stage2
+    from .align.inputs import source_samples
     from .diffusion.stage1 import translated_source
 
     translated: dict[str, list] = {}
@@ -241,7 +242,7 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, target: TargetFol
                      result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
     """Stage 1 and stage 2 for a folder of unlabeled images: translations and predicted masks, no scores."""
     from .align.experiment import predict_target_masks
-    from .align.experiment import source_samples as stage2_source
+    from .align.inputs import source_samples as stage2_source
     from .diffusion.source import load_source_ddpm
     from .diffusion.stage1 import feature_encoder, run_stage1, sources_to_translate, stage1_config, translate_config
     from .diffusion.ddpm import to_signed_tensor

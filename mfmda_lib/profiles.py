@@ -127,7 +127,7 @@ class Profile:
         stage2_test_per_domain: test images per domain scored in notebook 09.
         stage2_warmup_epochs: epochs of the shared source-only warm-up every stage-2 method starts from.
         stage2_ablations: the ablations notebook 09 trains on one target (names in
-            ``mfmda_lib.align.experiment.ABLATIONS``): all of them outside ``ci``; ``ci`` runs only those whose
+            ``mfmda_lib.align.methods.ABLATIONS``): all of them outside ``ci``; ``ci`` runs only those whose
             code no other cell of the notebook runs (AdamW runs in section 4 and in every warm-up, a head
             without tokens in every warm-up, aligning the deepest level only in ``mfmda_last_level``).
         stage2_epochs: epochs of each stage-2 method after the warm-up (three optimizer steps per

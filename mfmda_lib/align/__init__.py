@@ -13,11 +13,17 @@ Modules, one job each:
 - ``losses``: channel-spatial alignment, BCE (+ Dice) for disc and cup
 - ``baselines``: FDA, histogram matching, photometric jitter (image-level baselines)
 - ``stage2``: config, model, cached features, the three-step loop (Accelerate, resumable), prediction
+- ``methods``: the comparison's rows (:class:`Method`, :data:`METHODS` and its groups), a profile's base config
+- ``inputs``: what stage 2 trains on and is scored on (source, K target images, oracle, test, translations)
+- ``runner``: training one source set's models (cached features, shared warm-up, checkpoints) and scoring them
+- ``result``: :class:`Stage2Result` and its tables (per domain, headline with intervals, verdicts)
 - ``experiment``: every method, baseline and ablation in one call, :func:`run_stage2`
 """
 from .baselines import fda_samples, fda_translate, histogram_match, histogram_matched_samples, jittered_samples
-from .experiment import (ABLATIONS, BASELINES, DEFAULT_METHODS, METHODS, Method, Stage2Result, run_stage2,
-                         stage2_config, translations)
+from .experiment import run_stage2
+from .inputs import translations
+from .methods import ABLATIONS, BASELINES, DEFAULT_METHODS, METHODS, Method, stage2_config
+from .result import Stage2Result
 from .losses import channel_spatial_alignment, segmentation_loss
 from .pyramid import PyramidEncoder, PyramidHead
 from .rein import ReinBlock, ReinConfig, inject, remove
