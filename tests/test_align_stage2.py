@@ -7,10 +7,11 @@ from torch import nn
 from test_align import TAPS, tiny_vit
 
 from mfmda_lib.align import experiment
+from mfmda_lib.align.features import level_shapes
 from mfmda_lib.align.methods import ABLATIONS, DEFAULT_METHODS, METHODS
 from mfmda_lib.align.pyramid import PyramidEncoder
-from mfmda_lib.align.stage2 import (Stage2Config, build_model, level_shapes, make_optimizers, predict_logits,
-                                   three_step_update, train_stage2)
+from mfmda_lib.align.stage2 import Stage2Config, build_model, predict_logits
+from mfmda_lib.align.training import make_optimizers, three_step_update, train_stage2
 from mfmda_lib.data import FundusSample
 from mfmda_lib.models.base import InputSpec, PromptableSegmenter
 from mfmda_lib.profiles import get_profile

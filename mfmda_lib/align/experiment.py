@@ -44,11 +44,12 @@ from ..data import SOURCE_DOMAIN, FundusSample
 from ..models import PromptableSegmenter
 from ..profiles import Profile
 from .baselines import fda_samples, histogram_matched_samples, jittered_samples
+from .features import encode_prefix
 from .inputs import oracle_samples, sam_reference_rows, target_images, test_samples
 from .methods import DEFAULT_METHODS, HEADLINE, METHODS, Method, stage2_config, stage2_seeds
 from .result import Stage2Result
 from .runner import Stage2Runner, score_model, tent_rows
-from .stage2 import Stage2Config, Stage2Model, encode_prefix, logits_to_masks, predict_logits
+from .stage2 import Stage2Config, Stage2Model, logits_to_masks, predict_logits
 
 __all__ = ["run_stage2", "predict_target_masks"]
 

@@ -13,7 +13,7 @@ from ..data import SOURCE_DOMAIN, FundusSample
 from ..evaluation.metrics import per_domain_table
 from ..evaluation.stats import Comparison, compare, gap_closed, seed_table
 from .methods import UNSUPERVISED_BASELINES
-from .stage2 import Stage2History
+from .training import Stage2History
 
 __all__ = ["METRICS", "Stage2Result"]
 

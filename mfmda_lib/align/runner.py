@@ -18,10 +18,11 @@ from ..data import FundusSample
 from ..evaluation.metrics import segmentation_scores
 from ..models import EmbeddingCache, PromptableSegmenter, load_model
 from ..profiles import Profile, get_device, paths
+from .features import FeatureBank, encode_prefix, level_shapes, mask_targets
 from .methods import Method, stage2_config
 from .pyramid import PyramidEncoder
-from .stage2 import (FeatureBank, Stage2Config, Stage2History, Stage2Model, build_model, encode_prefix, level_shapes,
-                     logits_to_masks, make_optimizers, mask_targets, predict_logits, train_stage2)
+from .stage2 import Stage2Config, Stage2Model, build_model, logits_to_masks, predict_logits
+from .training import Stage2History, make_optimizers, train_stage2
 
 __all__ = ["WARMUP_CHANGES", "Stage2Runner", "score_model", "tent_rows"]
 

@@ -221,7 +221,7 @@ def stage2_diagram(model: nn.Module, config=None) -> Diagram:
     Rows: the frozen encoder cut at its taps (what is cached, which blocks get Rein tokens after them);
     the pyramid levels (frozen, or changed by the tokens and aligned) and the head; with ``config``
     (a :class:`~mfmda_lib.align.stage2.Stage2Config`): the steps of one batch, in order, and the two
-    optimisers of :func:`~mfmda_lib.align.stage2.make_optimizers` with the parameters each one updates.
+    optimisers of :func:`~mfmda_lib.align.training.make_optimizers` with the parameters each one updates.
 
     Args:
         model: ``encoder`` (a :class:`~mfmda_lib.align.pyramid.PyramidEncoder`) and ``head``.
