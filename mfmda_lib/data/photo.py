@@ -32,8 +32,9 @@ from scipy.special import expit
 
 from ..io import atomic_write, save_png
 from . import retina
+from .domains import DOMAINS, SOURCE_DOMAIN, style_at
 from .sample import GLAUCOMA_SUSPECT_VCDR, FundusSample, encode_label_map, vertical_cdr
-from .synthetic import DOMAINS, SOURCE_DOMAIN, _rng, _sample_anatomy, camera, style_at
+from .synthetic import _rng, _sample_anatomy, camera
 
 __all__ = ["FundusPhoto", "generate_photo", "photo_roi_sample", "write_photo_folder", "DISC_FRACTION"]
 
@@ -52,7 +53,7 @@ class FundusPhoto:
     Attributes:
         image: ``(H, W, 3)`` uint8 RGB.
         disc, cup: ``(H, W)`` bool masks in full-image coordinates.
-        domain: the camera (a key of :data:`~mfmda_lib.data.synthetic.DOMAINS`).
+        domain: the camera (a key of :data:`~mfmda_lib.data.domains.DOMAINS`).
         photo_id: ``<domain>_<split>_<index>``.
         eye: ``"right"`` (disc right of the macula) or ``"left"``.
         disc_center: ``(x, y)`` of the disc outline's centre, pixels.

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..profiles import Profile, paths
+from .benchmark import generate_benchmark, load_benchmark
 from .sample import FundusSample
-from .synthetic import generate_benchmark, load_benchmark
 
 __all__ = ["prepare_benchmark", "benchmark_samples"]
 

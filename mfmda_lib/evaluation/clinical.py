@@ -24,8 +24,8 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ..data.domains import TARGET_DOMAINS
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR, FundusSample
-from ..data.synthetic import TARGET_DOMAINS
 from ..models import EmbeddingCache, PromptableSegmenter, segment
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.synthetic import SOURCE_DOMAIN, TARGET_DOMAINS
+from ..data.domains import SOURCE_DOMAIN, TARGET_DOMAINS
 from .clinical import ClinicalConfig, ScreeningResult, glaucoma_screening
 from .metrics import _markdown
 from .stats import compare, seed_image_bootstrap, seed_matrix
