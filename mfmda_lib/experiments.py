@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from .data import FundusSample, benchmark_samples, prepare_benchmark
-from .evaluation.metrics import format_table
 from .evaluation.probe import ProbeResult, domain_probe
+from .evaluation.tables import format_table
 from .evaluation.zero_shot import ZeroShotResult, zero_shot_segmentation
 from .io import atomic_write, atomic_write_json
 from .models import EmbeddingCache, PromptableSegmenter, model_and_cache, pooled_embeddings

@@ -180,7 +180,7 @@ def _stage_times(state: RunState) -> dict[str, float]:
 
 def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float], state: RunState) -> dict[str, Path]:
     """Metrics JSON, Markdown table and figures of a labelled run; the table also goes to ``results/``."""
-    from .evaluation.metrics import format_table
+    from .evaluation.tables import format_table
     from .experiments import save_result
     from .plots import save_figure
 
@@ -193,7 +193,7 @@ def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float
                                       "headline": res.headline().reset_index().to_dict(orient="records"),
                                       "costs": res.costs})
     from .align.report import alignment_log, headline_markdown, verdict_lines
-    from .evaluation.metrics import _markdown
+    from .evaluation.tables import _markdown
 
     headline = res.headline()
     lines = [f"# MFM-DA pipeline ({profile.name} profile)", "",

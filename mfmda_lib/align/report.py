@@ -16,9 +16,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..evaluation.metrics import _markdown
 from ..evaluation.reporting import load_result
 from ..evaluation.stats import NO_DIFFERENCE, compare
+from ..evaluation.tables import _markdown
 
 __all__ = ["GAP_GOAL", "ALIGN_LR_RESULTS", "headline_markdown", "verdict_lines", "alignment_log", "saved_align_lr"]
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..data import SOURCE_DOMAIN, FundusSample
-from ..evaluation.metrics import per_domain_table
 from ..evaluation.stats import Comparison, compare, gap_closed, seed_table
+from ..evaluation.tables import per_domain_table
 from .methods import UNSUPERVISED_BASELINES
 from .training import Stage2History
 

@@ -27,7 +27,9 @@ from torch import nn
 
 from ..data import DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..evaluation import stats
-from ..evaluation.metrics import auroc, per_domain_table
+from ..evaluation.comparisons import compare_auroc, compare_table, compare_within
+from ..evaluation.metrics import auroc
+from ..evaluation.tables import per_domain_table
 from ..models import EmbeddingCache, PromptableSegmenter
 from ..profiles import Profile, paths, seed_everything
 from .features import advance, prefix_features
@@ -166,14 +168,14 @@ class Comparison:
         the AUROC of the glaucoma-suspect screen in each scope. Errors are lower-is-better.
 
         Returns:
-            :func:`mfmda_lib.evaluation.stats.compare_table`'s table (``verdict``: ``better`` / ``worse`` /
+            :func:`mfmda_lib.evaluation.comparisons.compare_table`'s table (``verdict``: ``better`` / ``worse`` /
             ``no difference measured``).
         """
         rows, metrics = self._scoped_rows(task)
-        table = stats.compare_table(rows, metrics, pairs, lower_is_better=[m for m in metrics if m.endswith("err")])
+        table = compare_table(rows, metrics, pairs, lower_is_better=[m for m in metrics if m.endswith("err")])
         if task != "vcdr":
             return table
-        extra = [stats.compare_auroc([r for r in rows if r["scope"] == scope], "vcdr_pred", "suspect", m, b).as_dict()
+        extra = [compare_auroc([r for r in rows if r["scope"] == scope], "vcdr_pred", "suspect", m, b).as_dict()
                  | {"metric": f"{scope}_auroc"} for m, b in pairs for scope in ("in_domain", "cross_domain")]
         extra = pd.DataFrame(extra).set_index(["method", "baseline", "metric"])[table.columns]
         return pd.concat([table, extra]).sort_index(level=["method", "baseline"], sort_remaining=False)
@@ -184,7 +186,7 @@ class Comparison:
         metrics = ("disc_dice", "cup_dice") if task == "segmentation" else ("vcdr_abs_err",)
         rows = self.rows(task)
         methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
-        table = stats.compare_within(rows, metrics, [(m, baseline) for m in methods], lower_is_better=["vcdr_abs_err"],
+        table = compare_within(rows, metrics, [(m, baseline) for m in methods], lower_is_better=["vcdr_abs_err"],
                                      values=[d for d in DOMAINS if any(r["domain"] == d for r in rows)])
         return table.droplevel("baseline")
 
