@@ -183,7 +183,7 @@ def decoder_forward(batch: int):
 
 
 def _vit(profile: Profile):
-    from mfmda_lib.ssl.experiment import vit_config
+    from mfmda_lib.ssl.pretraining import vit_config
     from mfmda_lib.ssl.vit import ViTEncoder
 
     return ViTEncoder(vit_config(profile))

@@ -194,7 +194,7 @@ def vcdr_reference_comparison(result: SSLBenchmark, reference_rows: Sequence[dic
 
 def collapse_check(info: dict) -> str:
     """A sentence on DINO's last epoch, from ``info["teacher_entropy"]`` and ``info["log_k"]``
-    (:func:`~mfmda_lib.ssl.experiment.pretrained_encoder`): collapsed to a uniform output (every target
+    (:func:`~mfmda_lib.ssl.pretraining.pretrained_encoder`): collapsed to a uniform output (every target
     near ``log K``), to one prototype (the batch's mean target near 0), or neither."""
     h_sample, h_mean = info["teacher_entropy"][-1]
     log_k = info["log_k"]
@@ -214,7 +214,7 @@ def takeaways(result: SSLBenchmark, comparison: pd.DataFrame, reference: pd.Data
     Args:
         comparison: :func:`smallest_budget_comparison`; ``reference``: :func:`vcdr_reference_comparison`.
         selection: the learning-rate selection; ``pretraining``: method -> its ``info`` from
-            :func:`~mfmda_lib.ssl.experiment.pretrained_encoder` (steps, seconds).
+            :func:`~mfmda_lib.ssl.pretraining.pretrained_encoder` (steps, seconds).
     """
     lines = []
     src = comparison.xs("source_disc_dice", level="score")
