@@ -3,7 +3,8 @@
 - ``decoder_adapter``: SAM-DA adapter tokens in SAM's mask decoder behind zero-initialised gates
   (``inject`` / ``remove`` / ``adapter_parameters`` / ``adapter_state_dict``).
 - ``sam_tuning``: supervised training of the adapter or the whole decoder on cached embeddings,
-  encoder LoRA with ``peft``, single-image test-time adaptation of the adapter.
+  single-image test-time adaptation of the adapter.
+- ``sam_lora``: encoder LoRA with ``peft`` (the encoder runs every step).
 - ``sam_comparison``: notebook 05's comparison of those methods with the frozen model.
 - ``tta_base``: the interface every test-time adaptation method shares (wrap a model, ``adapt(x)``,
   ``predict(x)``, ``reset()``): ``TTAConfig``, ``TTAMethod``, BatchNorm configuration, the entropy losses.

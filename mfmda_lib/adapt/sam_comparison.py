@@ -27,8 +27,9 @@ from ..models import EmbeddingCache, PromptableSegmenter, embed
 from ..profiles import Profile, paths
 from ..train import History, count_parameters
 from .decoder_adapter import DecoderAdapterConfig, adapter_parameters, inject
-from .sam_tuning import (LoraConfigLite, PeakMemory, PromptSet, SingleImageTTA, TrainConfig, TTAConfig,
-                         configure_full_decoder, inject_encoder_lora, prompt_set, train_decoder, train_encoder_lora)
+from .sam_lora import LoraConfigLite, inject_encoder_lora, train_encoder_lora
+from .sam_tuning import (PeakMemory, PromptSet, SingleImageTTA, TTAConfig, TrainConfig, configure_full_decoder,
+                         prompt_set, train_decoder)
 
 __all__ = ["ComparisonConfig", "ComparisonResult", "predict", "score_rows", "run_comparison", "history_seconds"]
 
