@@ -41,7 +41,8 @@ def _cmd_models(args) -> None:
 def _cmd_zero_shot(args) -> None:
     from .experiments import model_and_cache, prepare_benchmark, run_zero_shot, save_result
     from .plots import zero_shot_figure
-    from .profiles import get_device, get_profile
+    from .profiles import get_profile
+    from .environment import get_device
 
     profile = get_profile(args.profile)
     start = time.perf_counter()

@@ -35,9 +35,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .environment import get_device, paths
 from .io import atomic_write, atomic_write_json, save_png
 from .pipeline_io import PipelineConfig, RunState, TargetFolder, read_target_folder, write_predictions
-from .profiles import Profile, get_device, get_profile, paths
+from .profiles import Profile, get_profile
 
 __all__ = ["PipelineResult", "run_pipeline", "run_dir_for"]
 

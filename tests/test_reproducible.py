@@ -14,8 +14,9 @@ from mfmda_lib import finetune, ssl
 from mfmda_lib.adapt import sam_comparison, sam_lora, sam_tuning
 from mfmda_lib.data import DOMAINS
 from mfmda_lib.data.synthetic import generate_sample
+from mfmda_lib.environment import seed_everything
 from mfmda_lib.models import build_toy_segmenter
-from mfmda_lib.profiles import get_profile, seed_everything
+from mfmda_lib.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

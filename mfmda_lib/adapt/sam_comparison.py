@@ -20,11 +20,12 @@ import pandas as pd
 import torch
 
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
+from ..environment import paths
 from ..evaluation import comparisons, stats
 from ..evaluation.metrics import segmentation_scores
 from ..evaluation.tables import per_domain_table
 from ..models import EmbeddingCache, PromptableSegmenter, embed
-from ..profiles import Profile, paths
+from ..profiles import Profile
 from ..train import History, count_parameters
 from .decoder_adapter import DecoderAdapterConfig, adapter_parameters, inject
 from .sam_lora import LoraConfigLite, inject_encoder_lora, train_encoder_lora

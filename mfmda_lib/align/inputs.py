@@ -11,7 +11,8 @@ import numpy as np
 
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..diffusion.stage1 import translated_source
-from ..profiles import Profile, paths
+from ..environment import paths
+from ..profiles import Profile
 
 __all__ = ["source_samples", "target_images", "oracle_samples", "test_samples", "translations", "sam_reference_rows"]
 

@@ -15,9 +15,10 @@ from torch import nn
 from ..adapt.tta import Tent
 from ..adapt.tta_base import TTAConfig
 from ..data import FundusSample
+from ..environment import get_device, paths
 from ..evaluation.metrics import segmentation_scores
 from ..models import EmbeddingCache, PromptableSegmenter, load_model
-from ..profiles import Profile, get_device, paths
+from ..profiles import Profile
 from .features import FeatureBank, encode_prefix, level_shapes, mask_targets
 from .methods import Method, stage2_config
 from .pyramid import PyramidEncoder

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..profiles import Profile, paths
+from ..environment import paths
+from ..profiles import Profile
 from .benchmark import generate_benchmark, load_benchmark
 from .sample import FundusSample
 

@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 
 from ..data import DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
+from ..environment import paths
 from ..evaluation.comparisons import compare_auroc, compare_table, compare_within
 from ..evaluation.metrics import auroc
 from ..evaluation.tables import per_domain_table
 from ..models import EmbeddingCache, PromptableSegmenter
-from ..profiles import Profile, paths
+from ..profiles import Profile
 from .features import prefix_features
 from .peft_methods import PeftConfig
 from .runs import RunResult, TaskData, task_targets

@@ -22,9 +22,10 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ..environment import paths, seed_everything
 from ..evaluation import stats
 from ..models import EmbeddingCache, PromptableSegmenter
-from ..profiles import Profile, paths, seed_everything
+from ..profiles import Profile
 from .comparison import Comparison, ComparisonConfig, FinetuneData, prepare_data
 from .features import advance
 from .heads import TaskModel, build_head

@@ -24,9 +24,10 @@ import pandas as pd
 from ..data import DOMAINS, SOURCE_DOMAIN, FundusSample, benchmark_samples
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR
 from ..data.synthetic import generate_sample
+from ..environment import paths
 from ..evaluation.metrics import auroc
 from ..evaluation.reporting import load_result
-from ..profiles import Profile, paths
+from ..profiles import Profile
 from .downstream import (LABEL_BUDGETS, PROTOCOLS, TASKS, DownstreamConfig, budget_subset, evaluate,
                          train_downstream)
 from .vit import ViTEncoder

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..data import PIXEL_MEAN, PIXEL_STD
-from ..profiles import Profile, paths, seed_everything
+from ..environment import paths, seed_everything
+from ..profiles import Profile
 from ..train import FitConfig, fit
 from .dino import DINO, DINOConfig, random_view
 from .mae import MAE, MAEConfig

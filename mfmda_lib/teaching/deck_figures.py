@@ -201,7 +201,7 @@ def draw_all(results: str | Path, out_dir: str | Path | None = None, *, profiles
 def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
-    from ..profiles import paths
+    from ..environment import paths
 
     matplotlib.use("Agg")
     parser = argparse.ArgumentParser(description="Redraw the decks' figures from the saved results.")
