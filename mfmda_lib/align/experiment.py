@@ -60,6 +60,42 @@ def _with_mean_dice(rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
+def _checked_inputs(profile: Profile, methods: Sequence[str], source: Sequence[FundusSample],
+                    translated_by_target: dict[str, list[FundusSample]], seeds: Sequence[int] | None
+                    ) -> tuple[list[str], list[int]]:
+    """The targets and seeds of a :func:`run_stage2` call; ``ValueError`` naming what is wrong with its inputs."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"run_stage2: unknown method(s) {unknown}; choose from {list(METHODS)}")
+    targets = list(translated_by_target)
+    bad = [t for t, v in translated_by_target.items() if len(v) != len(source)]
+    if not targets or bad:
+        raise ValueError(f"run_stage2: give one translated sample per source sample for each target (bad: {bad})")
+    seeds = list(seeds) if seeds is not None else stage2_seeds(profile)
+    if not seeds:
+        raise ValueError("run_stage2: give at least one seed")
+    return targets, seeds
+
+
+def _paired_images(profile: Profile, method: Method, target: str | None, source: Sequence[FundusSample],
+                   translated_by_target: dict[str, list[FundusSample]],
+                   target_images_by_target: dict[str, list[np.ndarray]] | None) -> list[FundusSample] | None:
+    """What ``method`` pairs with each source image for ``target`` (``None``: nothing)."""
+    if method.images == "stage1":
+        return translated_by_target[target]
+    if method.images in ("fda", "histogram"):
+        k = (target_images_by_target or {}).get(target) or target_images(profile, target)
+        return fda_samples(source, k) if method.images == "fda" else histogram_matched_samples(source, k)
+    if method.images == "jitter":
+        return jittered_samples(source, profile.seed)
+    return None
+
+
+def _trained_config(profile: Profile, method: Method, seed: int) -> Stage2Config:
+    """The config of the model ``method`` scores (Tent adapts the ``source_only`` model)."""
+    return (METHODS["source_only"] if method.kind == "tent" else method).config(stage2_config(profile, seed))
+
+
 def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_target: dict[str, list[FundusSample]],
                *, methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] | None = None,
                segmenter: PromptableSegmenter | None = None,
@@ -93,30 +129,10 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
     Returns:
         A :class:`Stage2Result`; every row carries its ``seed``.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"run_stage2: unknown method(s) {unknown}; choose from {list(METHODS)}")
-    targets = list(translated_by_target)
-    bad = [t for t, v in translated_by_target.items() if len(v) != len(source)]
-    if not targets or bad:
-        raise ValueError(f"run_stage2: give one translated sample per source sample for each target (bad: {bad})")
-    seeds = list(seeds) if seeds is not None else stage2_seeds(profile)
-    if not seeds:
-        raise ValueError("run_stage2: give at least one seed")
+    targets, seeds = _checked_inputs(profile, methods, source, translated_by_target, seeds)
     start_all = time.perf_counter()
     run = Stage2Runner(profile, source, segmenter, checkpoint_dir, cache_root, accelerator, progress)
-    segmenter = run.segmenter
     test = test if test is not None else test_samples(profile, [*targets, SOURCE_DOMAIN])
-
-    def paired(method: Method, target: str | None) -> list[FundusSample] | None:
-        if method.images == "stage1":
-            return translated_by_target[target]
-        if method.images in ("fda", "histogram"):
-            k = (target_images_by_target or {}).get(target) or target_images(profile, target)
-            return fda_samples(source, k) if method.images == "fda" else histogram_matched_samples(source, k)
-        if method.images == "jitter":
-            return jittered_samples(source, profile.seed)
-        return None
 
     trained: dict[tuple, Stage2Model] = {}
     rows, masks = [], {}
@@ -129,21 +145,17 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
                 trained[key] = run.train(method, key, None, target, seed=seed, oracle=labelled)
             else:
                 name = f"{method.images}:{target}" if method.per_target else method.images
-                trained[key] = run.train(method, key, paired(method, target), name, seed=seed)
+                pair = _paired_images(profile, method, target, source, translated_by_target, target_images_by_target)
+                trained[key] = run.train(method, key, pair, name, seed=seed)
         return trained[key]
 
     def score(method: Method, model: Stage2Model, domains: Sequence[str], seed: int) -> None:
         for d in domains:
-            bank = run.banks.get(run.prefix_for(model_config(method, seed)), f"test:{d}", test[d])
-            if method.kind == "tent":
-                new, found = tent_rows(profile, model, segmenter, bank, test[d])
-            else:
-                new, found = score_model(method.name, model, segmenter, bank, test[d])
+            bank = run.banks.get(run.prefix_for(_trained_config(profile, method, seed)), f"test:{d}", test[d])
+            new, found = (tent_rows(profile, model, run.segmenter, bank, test[d]) if method.kind == "tent"
+                          else score_model(method.name, model, run.segmenter, bank, test[d]))
             rows.extend({**r, "seed": seed} for r in new)
             masks[(method.name, d) if seed == seeds[0] else (method.name, d, seed)] = found
-
-    def model_config(method: Method, seed: int) -> Stage2Config:
-        return (METHODS["source_only"] if method.kind == "tent" else method).config(stage2_config(profile, seed))
 
     # seed-major: every method's first seed is done before any second seed (an interrupted run has a whole seed)
     for seed in seeds:
@@ -161,9 +173,9 @@ def run_stage2(profile: Profile, source: Sequence[FundusSample], translated_by_t
             else:
                 domains = [*targets, SOURCE_DOMAIN] if SOURCE_DOMAIN in test else targets
                 score(method, train(method, None, seed), domains, seed)
-    total = time.perf_counter() - start_all
-    return Stage2Result(_with_mean_dice(rows), run.costs, run.histories, targets, translation_origin,
-                        {"total": round(total, 1), "prefix": round(run.banks.seconds, 1)}, masks, test, seeds)
+    seconds = {"total": round(time.perf_counter() - start_all, 1), "prefix": round(run.banks.seconds, 1)}
+    return Stage2Result(_with_mean_dice(rows), run.costs, run.histories, targets, translation_origin, seconds, masks,
+                        test, seeds)
 
 
 def predict_target_masks(profile: Profile, source: Sequence[FundusSample], translated: Sequence[FundusSample],
