@@ -162,6 +162,62 @@ def _save(path: Path, model: Stage2Model, optimizers: Sequence[torch.optim.Optim
         torch.save(payload, handle)
 
 
+def _load(path: Path, model: Stage2Model, optimizers: Sequence[torch.optim.Optimizer | None],
+          history: Stage2History) -> None:
+    """Resume from what :func:`_save` wrote: the trainable weights, the optimisers' states, the epochs run."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_trainable_state(state["model"])
+    for opt, saved in zip(optimizers, state.get("optimizers", [])):
+        if opt is not None and saved is not None:
+            opt.load_state_dict(saved)
+    history.epochs, history.resumed_from = list(state["epochs"]), len(state["epochs"])
+
+
+def _needs_pairs(source: FeatureBank, labels: torch.Tensor, config: Stage2Config, translated: FeatureBank | None,
+                 align_optimizer: torch.optim.Optimizer | None) -> bool:
+    """Whether the steps use the translations; ``ValueError`` naming what does not fit :func:`train_stage2`."""
+    n = len(labels)
+    if any(len(v) != n for v in source.values()):
+        raise ValueError(f"train_stage2: source features and labels differ in length ({n} labels)")
+    needs_pairs = "align" in config.steps or "translated" in config.steps
+    if needs_pairs and (translated is None or any(len(v) != n for v in translated.values())):
+        raise ValueError("train_stage2: the 'align' and 'translated' steps need `translated` features, "
+                         f"one per source image ({n})")
+    if ("align" in config.steps) != (align_optimizer is not None):
+        raise ValueError("train_stage2: pass align_optimizer exactly when config.steps has 'align' "
+                         "(build both with make_optimizers)")
+    return needs_pairs
+
+
+def _epoch(parts: SimpleNamespace, accelerator, source: FeatureBank, pairs: FeatureBank | None, labels: torch.Tensor,
+           optimizer: torch.optim.Optimizer, align_optimizer: torch.optim.Optimizer | None, config: Stage2Config,
+           epoch: int, *, per_process: int, align_idx: Sequence[int], clip: Callable[[], None] | None) -> dict:
+    """One epoch of the three-step loop on this process's share of a seeded permutation; the epoch's record."""
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    parts.encoder.train()
+    parts.head.train()
+    start = time.perf_counter()
+    for group in optimizer.param_groups:  # steps (2)-(3) decay per epoch; step (1) keeps its rate
+        group["lr"] = poly_lr(group["initial_lr"], epoch, config.epochs)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+    mine = order[:per_process * world][rank::world]
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for b in range(-(-per_process // config.batch_size)):
+        idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
+        with accelerator.autocast():
+            logs = three_step_update(parts, take_batch(source, idx, device),
+                                     take_batch(pairs, idx, device) if pairs is not None else None,
+                                     labels[idx].to(device), optimizer, align_optimizer, steps=config.steps,
+                                     align_levels=align_idx, dice_weight=config.dice_weight,
+                                     backward=accelerator.backward, clip=clip, log_after=b == 0)
+        for k, v in logs.items():
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
+    return {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+            **{k: (v if k.startswith("update_") else v / counts[k]) for k, v in sums.items()},
+            "seconds": time.perf_counter() - start}
+
+
 def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: FeatureBank, labels: torch.Tensor,
                  config: Stage2Config, *, align_optimizer: torch.optim.Optimizer | None = None,
                  translated: FeatureBank | None = None, accelerator=None, checkpoint: str | Path | None = None,
@@ -187,15 +243,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         The :class:`Stage2History`; ``model`` holds the trained weights, in eval mode.
     """
     n = len(labels)
-    if any(len(v) != n for v in source.values()):
-        raise ValueError(f"train_stage2: source features and labels differ in length ({n} labels)")
-    needs_pairs = "align" in config.steps or "translated" in config.steps
-    if needs_pairs and (translated is None or any(len(v) != n for v in translated.values())):
-        raise ValueError("train_stage2: the 'align' and 'translated' steps need `translated` features, "
-                         f"one per source image ({n})")
-    if ("align" in config.steps) != (align_optimizer is not None):
-        raise ValueError("train_stage2: pass align_optimizer exactly when config.steps has 'align' "
-                         "(build both with make_optimizers)")
+    pairs = translated if _needs_pairs(source, labels, config, translated, align_optimizer) else None
     if accelerator is None:
         from accelerate import Accelerator
 
@@ -205,12 +253,7 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
     history = Stage2History()
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_trainable_state(state["model"])
-        for opt, saved in zip((optimizer, align_optimizer), state.get("optimizers", [])):
-            if opt is not None and saved is not None:
-                opt.load_state_dict(saved)
-        history.epochs, history.resumed_from = list(state["epochs"]), len(state["epochs"])
+        _load(path, model, (optimizer, align_optimizer), history)
 
     # Only modules with trainable parameters go through prepare (DDP rejects a fully frozen module).
     has_rein = any(p.requires_grad for p in model.encoder.parameters())
@@ -223,37 +266,16 @@ def train_stage2(model: Stage2Model, optimizer: torch.optim.Optimizer, source: F
         group.setdefault("initial_lr", group["lr"])
     params = model.trainable_parameters()
     clip = (lambda: accelerator.clip_grad_norm_(params, config.grad_clip)) if config.grad_clip is not None else None
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     per_process = (n // world) if world > 1 else n
     if per_process < 1:
         raise ValueError(f"train_stage2: {n} pairs cannot be shared by {world} processes")
-    steps_per_epoch = -(-per_process // config.batch_size)
 
     bar = tqdm(range(history.resumed_from, config.epochs), desc=desc, unit="epoch",
                disable=not progress or not accelerator.is_main_process)
     for epoch in bar:
-        encoder.train()
-        head.train()
-        start = time.perf_counter()
-        for group in optimizer.param_groups:  # steps (2)-(3) decay per epoch; step (1) keeps its rate
-            group["lr"] = poly_lr(group["initial_lr"], epoch, config.epochs)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        mine = order[:per_process * world][rank::world]
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for b in range(steps_per_epoch):
-            idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
-            with accelerator.autocast():
-                logs = three_step_update(parts, take_batch(source, idx, device),
-                                         take_batch(translated, idx, device) if needs_pairs else None,
-                                         labels[idx].to(device), optimizer, align_optimizer, steps=config.steps,
-                                         align_levels=align_idx, dice_weight=config.dice_weight,
-                                         backward=accelerator.backward, clip=clip, log_after=b == 0)
-            for k, v in logs.items():
-                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                  **{k: (v if k.startswith("update_") else v / counts[k]) for k, v in sums.items()},
-                  "seconds": time.perf_counter() - start}
+        record = _epoch(parts, accelerator, source, pairs, labels, optimizer, align_optimizer, config, epoch,
+                        per_process=per_process, align_idx=align_idx, clip=clip)
         history.epochs.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.startswith("loss_")})
         if path is not None:
