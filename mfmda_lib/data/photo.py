@@ -100,6 +100,22 @@ def _level_near(ellipse, xx: np.ndarray, yy: np.ndarray, reach: float = 4.0) -> 
     return out
 
 
+def _paint_disc(rgb: np.ndarray, rng: np.random.Generator, disc, cup, disc_level: np.ndarray, cup_level: np.ndarray,
+                disc_d: float, pallor: float, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint the disc over the ``(H, W, 3)`` retina: peripapillary glow, rim colour with pallor, pale cup.
+
+    Returns the image and the disc's and cup's opacities ``(H, W, 1)`` (soft edges around level set 1).
+    """
+    edge = max(disc_d / 64, 0.5)
+    disc_alpha = expit((1 - disc_level) * disc.rx / edge)[..., None]
+    cup_alpha = expit((1 - cup_level) * cup.rx / (1.6 * edge))[..., None]
+    rgb = rgb * (1 + 0.10 * np.exp(-((disc_level / 1.6) ** 2))[..., None])
+    rim = retina.disc_colours(rng, disc_level, xx, (disc.cx, disc.cy), disc_d, pallor, temporal=-1.0)
+    rgb = rgb * (1 - disc_alpha) + rim * disc_alpha
+    rgb = rgb * (1 - cup_alpha) + _CUP_RGB * rng.normal(1.0, 0.02, 3) * cup_alpha
+    return rgb, disc_alpha, cup_alpha
+
+
 def generate_photo(domain: str, index: int, *, split: str = "test", width: int = 1024, severity: float = 1.0,
                    seed: int = 0) -> FundusPhoto:
     """Render one whole-fundus photograph (4:3, macula-centred) with its disc and cup masks.
@@ -148,13 +164,7 @@ def generate_photo(domain: str, index: int, *, split: str = "test", width: int =
 
     # disc: peripapillary glow, rim colour with pallor, pale cup (soft edges; level set 1 is the mask outline)
     disc_level, cup_level = _level_near(disc, xx, yy), _level_near(cup, xx, yy)
-    edge = max(disc_d / 64, 0.5)
-    disc_alpha = expit((1 - disc_level) * disc.rx / edge)[..., None]
-    cup_alpha = expit((1 - cup_level) * cup.rx / (1.6 * edge))[..., None]
-    rgb = rgb * (1 + 0.10 * np.exp(-((disc_level / 1.6) ** 2))[..., None])
-    rim = retina.disc_colours(rng, disc_level, xx, (disc.cx, disc.cy), disc_d, pallor, temporal=-1.0)
-    rgb = rgb * (1 - disc_alpha) + rim * disc_alpha
-    rgb = rgb * (1 - cup_alpha) + _CUP_RGB * rng.normal(1.0, 0.02, 3) * cup_alpha
+    rgb, disc_alpha, cup_alpha = _paint_disc(rgb, rng, disc, cup, disc_level, cup_level, disc_d, pallor, xx)
 
     # vessels on top, fainter on the disc and cup; the arteries' central reflex
     vessels = retina.vessel_tree(rng, (h, w), (disc.cx, disc.cy), disc_d, tuple(fovea), tortuosity)
