@@ -16,6 +16,45 @@ EMPTY_SUFFIX = "_empty"
 MEAN_ROW = "mean"
 
 
+def _check_rows(rows: list[dict], metrics: list[str]) -> None:
+    """``ValueError`` naming the first row or argument :func:`per_domain_table` cannot use."""
+    if not rows:
+        raise ValueError("per_domain_table: rows is empty; score some images first")
+    if not metrics:
+        raise ValueError("per_domain_table: metrics is empty; name at least one key, e.g. 'disc_dice'")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("domain", *metrics) if k not in row]
+        if missing:
+            raise ValueError(f"per_domain_table: row {i} lacks {missing}; it has {sorted(row)}")
+        if row["domain"] == MEAN_ROW:
+            raise ValueError(f"per_domain_table: row {i} uses the reserved domain name {MEAN_ROW!r}")
+
+
+def _domain_order(seen: list[str], domain_order: Sequence[str] | None) -> list[str]:
+    """The domain rows' order: ``domain_order`` (which must list exactly the ``seen`` domains), else ``seen``."""
+    if domain_order is None:
+        return seen
+    order = list(domain_order)
+    unlisted = [d for d in seen if d not in order]
+    absent = [d for d in order if d not in seen]
+    if unlisted or absent:
+        raise ValueError(
+            f"per_domain_table: domain_order {order} does not match the rows' domains {seen} "
+            f"(in rows but not listed: {unlisted}; listed but no rows: {absent})"
+        )
+    return order
+
+
+def _summary_row(group: pd.DataFrame, n: int, metrics: Sequence[str], empties: Sequence[str], ddof: int) -> dict:
+    """One table row: ``n``, each metric's mean and std over ``group``'s rows, and the empty-prediction counts."""
+    rec = {"n": n}
+    for m in metrics:
+        rec[m] = group[m].mean()
+        rec[f"{m}_std"] = group[m].std(ddof=ddof)
+    rec.update({e: int(group[e].sum()) for e in empties})
+    return rec
+
+
 def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "cup_dice"),
                      domain_order: Sequence[str] | None = None, *, ddof: int = 0) -> pd.DataFrame:
     """Mean and standard deviation of each metric per domain (and per method), plus a mean row.
@@ -41,16 +80,7 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
         empty predictions (the mean row: over every domain), right after that structure's metrics.
     """
     metrics = list(metrics)
-    if not rows:
-        raise ValueError("per_domain_table: rows is empty; score some images first")
-    if not metrics:
-        raise ValueError("per_domain_table: metrics is empty; name at least one key, e.g. 'disc_dice'")
-    for i, row in enumerate(rows):
-        missing = [k for k in ("domain", *metrics) if k not in row]
-        if missing:
-            raise ValueError(f"per_domain_table: row {i} lacks {missing}; it has {sorted(row)}")
-        if row["domain"] == MEAN_ROW:
-            raise ValueError(f"per_domain_table: row {i} uses the reserved domain name {MEAN_ROW!r}")
+    _check_rows(rows, metrics)
     frame = pd.DataFrame(rows)
     frame[metrics] = frame[metrics].astype(float)
     empties = [e for e in dict.fromkeys(_structure(m) + EMPTY_SUFFIX for m in metrics) if e in frame.columns]
@@ -59,19 +89,7 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
     if has_method and frame["method"].isna().any():
         raise ValueError("per_domain_table: some rows have a 'method' and some do not; give every row one")
 
-    seen = list(dict.fromkeys(frame["domain"]))
-    if domain_order is None:
-        order = seen
-    else:
-        order = list(domain_order)
-        unlisted = [d for d in seen if d not in order]
-        absent = [d for d in order if d not in seen]
-        if unlisted or absent:
-            raise ValueError(
-                f"per_domain_table: domain_order {order} does not match the rows' domains {seen} "
-                f"(in rows but not listed: {unlisted}; listed but no rows: {absent})"
-            )
-
+    order = _domain_order(list(dict.fromkeys(frame["domain"])), domain_order)
     methods = list(dict.fromkeys(frame["method"])) if has_method else [None]
     records, index = [], []
     for method in methods:
@@ -81,21 +99,12 @@ def per_domain_table(rows: list[dict], metrics: Sequence[str] = ("disc_dice", "c
             group = part[part["domain"] == domain]
             if group.empty:
                 continue
-            rec = {"n": len(group)}
-            for m in metrics:
-                rec[m] = group[m].mean()
-                rec[f"{m}_std"] = group[m].std(ddof=ddof)
-            rec.update({e: int(group[e].sum()) for e in empties})
+            rec = _summary_row(group, len(group), metrics, empties, ddof)
             domain_rows.append(rec)
             records.append(rec)
             index.append(domain if method is None else (method, domain))
         means = pd.DataFrame(domain_rows)
-        rec = {"n": int(means["n"].sum())}
-        for m in metrics:
-            rec[m] = means[m].mean()
-            rec[f"{m}_std"] = means[m].std(ddof=ddof)
-        rec.update({e: int(means[e].sum()) for e in empties})
-        records.append(rec)
+        records.append(_summary_row(means, int(means["n"].sum()), metrics, empties, ddof))
         index.append(MEAN_ROW if method is None else (method, MEAN_ROW))
 
     columns = ["n"]
