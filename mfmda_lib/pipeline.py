@@ -134,10 +134,17 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
         _run_user_folder(profile, config, target, state, result, accelerator, progress, log)
         return result
 
+    return _run_benchmark(profile, config, methods, state, result, accelerator, progress, log)
+
+
+def _run_benchmark(profile: Profile, config: PipelineConfig, methods: list[str], state: RunState,
+                   result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> PipelineResult:
+    """Stage 1 per benchmark target, stage 2 on the source and the translations, then the report; resumable."""
     from .align.experiment import run_stage2
     from .align.inputs import source_samples
     from .diffusion.stage1 import translated_source
 
+    run_dir = result.run_dir
     translated: dict[str, list] = {}
     for target in config.targets:
         def stage1(target=target) -> dict:
