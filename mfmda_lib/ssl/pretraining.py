@@ -82,6 +82,29 @@ def _snapshot_epochs(epochs: int) -> list[int]:
     return sorted({round(i * epochs / (N_SNAPSHOTS - 1)) for i in range(N_SNAPSHOTS)})
 
 
+def _optimizer(model: torch.nn.Module, config, steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters (betas 0.9, 0.95) and its warm-up + cosine schedule over ``steps``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+
+
+def _snapshots(shots: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """MAE's ``(visible, reconstruction)`` snapshots by epoch as the stacked ``extras`` of its checkpoint."""
+    shot_epochs = sorted(shots)
+    return {"snapshot_epochs": torch.tensor(shot_epochs),
+            "visible": torch.stack([shots[e][0] for e in shot_epochs]),
+            "reconstruction": torch.stack([shots[e][1] for e in shot_epochs])}
+
+
+def _teacher_entropy_per_epoch(entropy: list[tuple[float, float]], steps_per_epoch: int, out_dim: int) -> dict:
+    """DINO's per-step teacher entropies ``(h_sample, h_mean)`` averaged per epoch, and ``log K`` (their ceiling)."""
+    per_epoch = [entropy[i:i + steps_per_epoch] for i in range(0, len(entropy), steps_per_epoch)]
+    return {"teacher_entropy": [[float(np.mean([h[k] for h in chunk])) for k in (0, 1)] for chunk in per_epoch],
+            "log_k": math.log(out_dim)}
+
+
 def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: bool = True
                        ) -> tuple[ViTEncoder, dict, dict[str, torch.Tensor]]:
     """A ViT pretrained by ``method`` (``"mae"`` or ``"dino"``): loaded if its checkpoint exists, else trained.
@@ -99,8 +122,7 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
     config = config or SSL_METHODS[method]()
     vit = vit_config(profile)
     path = checkpoint_path(profile, method, vit, config)
-    loaded = load_encoder(path, vit)
-    if loaded is not None:
+    if (loaded := load_encoder(path, vit)) is not None:
         encoder, info, extras = loaded
         return encoder, {**info, "trained": False, "checkpoint": str(path)}, extras
 
@@ -134,9 +156,7 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
             entropy.append(m.entropy)
             return loss
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+    optimizer, scheduler = _optimizer(model, config, steps)
     done = [0]
 
     def batches(epoch: int):
@@ -158,15 +178,10 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
             "steps": steps, "batch_size": batch_size, "epochs": epochs}
     if method == "mae":
         snapshot(epochs)
-        shot_epochs = sorted(shots)
-        extras = {"snapshot_epochs": torch.tensor(shot_epochs),
-                  "visible": torch.stack([shots[e][0] for e in shot_epochs]),
-                  "reconstruction": torch.stack([shots[e][1] for e in shot_epochs])}
+        extras = _snapshots(shots)
     else:
         model.update_teacher()  # the last optimizer step's EMA update
         encoder = model.teacher_encoder  # DINO keeps (and evaluates) the teacher
-        per_epoch = [entropy[i:i + steps_per_epoch] for i in range(0, len(entropy), steps_per_epoch)]
-        info |= {"teacher_entropy": [[float(np.mean([h[k] for h in chunk])) for k in (0, 1)] for chunk in per_epoch],
-                 "log_k": math.log(config.out_dim)}
+        info |= _teacher_entropy_per_epoch(entropy, steps_per_epoch, config.out_dim)
     save_encoder(path, encoder, info, extras)
     return encoder.eval().requires_grad_(True), {**info, "trained": True, "checkpoint": str(path)}, extras
