@@ -201,7 +201,7 @@ def draw_all(results: str | Path, out_dir: str | Path | None = None, *, profiles
 def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
-    from mfmda_lib.profiles import paths
+    from mfmda_lib.environment import paths
 
     matplotlib.use("Agg")
     parser = argparse.ArgumentParser(description="Redraw the decks' figures from the saved results.")

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from mfmda_lib.environment import paths
 from mfmda_lib.io import atomic_write_bytes
-from mfmda_lib.profiles import paths
 from .deck_sources import FigureSource, figure_png, means_table, meta_markdown, parse_means, table_markdown
 
 __all__ = ["DeckReport", "split_slides", "split_notes", "render_markdown", "build_deck", "build_all",
