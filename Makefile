@@ -32,7 +32,7 @@ demo: setup
 # notebook that has exercises (generated first; a notebook without exercises has an identical student
 # version), all in the ci profile and one pytest run; the slide test renders the decks in Debian's
 # chromium, installed here when missing.
-EXERCISES = $$($(BIN)/python -m mfmda_lib.teaching.student --list-exercises build/student)
+EXERCISES = $$($(BIN)/python -m course.student --list-exercises build/student)
 
 test: setup chromium student
 	mkdir -p build
@@ -47,17 +47,17 @@ notebooks: setup student
 	$(CI_ENV) $(BIN)/python -m pytest notebooks $(EXERCISES) $(NBVAL)
 
 student: setup
-	$(BIN)/python -m mfmda_lib.teaching.student notebooks build/student
+	$(BIN)/python -m course.student notebooks build/student
 
 slides: setup figures
-	$(BIN)/python -m mfmda_lib.teaching.slides --out slides/build
+	$(BIN)/python -m course.slides --out slides/build
 
 figures: setup
-	MPLBACKEND=Agg $(BIN)/python -m mfmda_lib.teaching.deck_figures
+	MPLBACKEND=Agg $(BIN)/python -m course.deck_figures
 
 publish: setup
 	@test -n "$(URL)" || { echo "usage: make publish URL=https://github.com/OWNER/REPO.git [BRANCH=main]"; exit 2; }
-	$(BIN)/python -m mfmda_lib.teaching.publish "$(URL)" --branch "$(or $(BRANCH),main)"
+	$(BIN)/python -m course.publish "$(URL)" --branch "$(or $(BRANCH),main)"
 
 wheel: setup
 	$(BIN)/python -m pip wheel -q --no-deps -w build/wheel .

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                          "rim_per_region": loc.evidence.get("rim_diameter", np.nan) / loc.evidence.get("region_diameter", np.nan)})
     if args.sam_photos:
         from mfmda_lib.models import load_model
-        from mfmda_lib.profiles import get_device
+        from mfmda_lib.environment import get_device
 
         model = load_model("litemedsam", device=get_device())
         chosen = [photos[i] for i in np.linspace(0, len(photos) - 1, min(args.sam_photos, len(photos))).astype(int)]

@@ -183,7 +183,7 @@ def decoder_forward(batch: int):
 
 
 def _vit(profile: Profile):
-    from mfmda_lib.ssl.experiment import vit_config
+    from mfmda_lib.ssl.pretraining import vit_config
     from mfmda_lib.ssl.vit import ViTEncoder
 
     return ViTEncoder(vit_config(profile))
@@ -545,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import datetime as dt
 
-    from mfmda_lib.profiles import get_profile, paths
+    from mfmda_lib.profiles import get_profile
+    from mfmda_lib.environment import paths
 
     profile = get_profile(args.profile)
     steps = [s for s in inventory(profile) if args.notebooks is None or s.notebook in args.notebooks]

@@ -45,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     from matplotlib import pyplot as plt
 
     from mfmda_lib.align import experiment as stage2
-    from mfmda_lib.align.experiment import METHODS, Method
+    from mfmda_lib.align.inputs import source_samples, test_samples, translations
+    from mfmda_lib.align.methods import METHODS, Method, stage2_config, stage2_seeds
     from mfmda_lib.evaluation import stats
     from mfmda_lib.experiments import save_result
     from mfmda_lib.profiles import get_profile
 
     profile = get_profile(args.profile)
     sweep = [float(v) for v in args.sweep.split(",") if v]
-    base_lr = stage2.stage2_config(profile).lr
+    base_lr = stage2_config(profile).lr
 
     def method(lr: float, base: str = "mfmda") -> str:
         if lr == base_lr:
@@ -67,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                                             ("source", "translated"), changes[:1]))
         return name
 
-    source = stage2.source_samples(profile)
+    source = source_samples(profile)
     targets = list(profile.stage2_targets)
-    translated, origin = stage2.translations(profile, targets, source=source)
-    seeds = stage2.stage2_seeds(profile)
+    translated, origin = translations(profile, targets, source=source)
+    seeds = stage2_seeds(profile)
     start = time.perf_counter()
     runs = {} if args.both else {args.sweep_target: sorted({base_lr, *sweep, args.compare_lr})}
     for t in targets:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ["translation_only", *[method(lr) for lr in lrs]]
         if args.both:
             names.append(method(args.compare_lr, "translation_only"))
-        test = {target: stage2.test_samples(profile, [target])[target]}
+        test = {target: test_samples(profile, [target])[target]}
         histories, scored = {}, []
         for seed in seeds:  # one call per seed: run_stage2 trains non-headline methods with its first seed only
             result = stage2.run_stage2(profile, source, {target: translated[target]}, methods=names, seeds=[seed],

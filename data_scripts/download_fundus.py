@@ -16,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mfmda_lib.data.download import SOURCES, fetch_source, registration_steps, safe_extract
+from mfmda_lib.data.extract import safe_extract
 from mfmda_lib.data.real import load_dataset
+from mfmda_lib.data.sources import SOURCES, fetch_source, registration_steps
 from mfmda_lib.io import DataError
 
 

@@ -12,7 +12,8 @@ import argparse
 import sys
 
 from mfmda_lib.data import DOMAINS, generate_benchmark
-from mfmda_lib.profiles import PROFILE_NAMES, get_profile, paths
+from mfmda_lib.environment import paths
+from mfmda_lib.profiles import PROFILE_NAMES, get_profile
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ import torch
 
 from mfmda_lib.diffusion.source import source_ddpm_path, train_source_ddpm
 from mfmda_lib.diffusion.training import make_accelerator
-from mfmda_lib.profiles import PROFILE_NAMES, get_device, get_profile
+from mfmda_lib.environment import get_device
+from mfmda_lib.profiles import PROFILE_NAMES, get_profile
 
 
 def main(argv: list[str] | None = None) -> int:

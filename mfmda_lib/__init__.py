@@ -2,7 +2,8 @@
 
 Layers, bottom up (a lower layer never imports a higher one):
 
-- ``profiles``: every size, the device, the folders (the only module that reads the environment)
+- ``environment``: the device, the folders, seeding; ``profiles``: every size (the two modules that read the
+  environment)
 - ``io``: atomic writes, checksums, image reading with clear errors
 - ``data``: one sample format, the synthetic multi-domain fundus benchmark, real-dataset loaders
 - ``models``: foundation-model registry (LiteMedSAM offline, SAM / MedSAM ViT-B), encoder cache
@@ -13,7 +14,8 @@ Layers, bottom up (a lower layer never imports a higher one):
 - ``plots``: every figure helper
 - ``experiments``: the notebooks' experiments in a few calls; ``cli``: the ``mfmda`` command
 """
-from .profiles import PROFILES, Profile, describe_environment, get_device, get_profile, paths, seed_everything
+from .environment import get_device, paths, seed_everything
+from .profiles import PROFILES, Profile, describe_environment, get_profile
 
 __version__ = "0.1.0"
 __all__ = ["PROFILES", "Profile", "describe_environment", "get_device", "get_profile", "paths", "seed_everything"]

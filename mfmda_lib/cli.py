@@ -41,7 +41,8 @@ def _cmd_models(args) -> None:
 def _cmd_zero_shot(args) -> None:
     from .experiments import model_and_cache, prepare_benchmark, run_zero_shot, save_result
     from .plots import zero_shot_figure
-    from .profiles import get_device, get_profile
+    from .profiles import get_profile
+    from .environment import get_device
 
     profile = get_profile(args.profile)
     start = time.perf_counter()
@@ -51,7 +52,7 @@ def _cmd_zero_shot(args) -> None:
     model, cache = model_and_cache(args.model, checkpoint=args.checkpoint)
     result = run_zero_shot(profile, model, cache)
     table = result.table()
-    from .evaluation.metrics import format_table
+    from .evaluation.tables import format_table
 
     print(format_table(table))
     figure = None if args.no_figure else zero_shot_figure(result)
@@ -62,7 +63,7 @@ def _cmd_zero_shot(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from .evaluation.metrics import format_table
+    from .evaluation.tables import format_table
     from .pipeline import run_pipeline
     from .pipeline_io import load_config
 
@@ -81,7 +82,7 @@ def _cmd_realism(args) -> None:
     import warnings
 
     from .data import DOMAINS
-    from .evaluation.metrics import format_table
+    from .evaluation.tables import format_table
     from .evaluation.realism import measure_realism, synthetic_image_sets
     from .experiments import model_and_cache, save_result
     from .pipeline_io import read_target_folder

@@ -20,12 +20,13 @@ import pandas as pd
 import torch
 
 from .data import FundusSample, benchmark_samples, prepare_benchmark
-from .evaluation.metrics import format_table
+from .environment import get_device, paths
 from .evaluation.probe import ProbeResult, domain_probe
+from .evaluation.tables import format_table
 from .evaluation.zero_shot import ZeroShotResult, zero_shot_segmentation
 from .io import atomic_write, atomic_write_json
 from .models import EmbeddingCache, PromptableSegmenter, model_and_cache, pooled_embeddings
-from .profiles import Profile, get_device, paths
+from .profiles import Profile
 
 __all__ = ["prepare_benchmark", "benchmark_samples", "model_and_cache", "run_zero_shot", "DomainShiftResult",
            "measure_domain_shift", "save_result"]

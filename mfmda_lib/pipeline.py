@@ -35,9 +35,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .environment import get_device, paths
 from .io import atomic_write, atomic_write_json, save_png
 from .pipeline_io import PipelineConfig, RunState, TargetFolder, read_target_folder, write_predictions
-from .profiles import Profile, get_device, get_profile, paths
+from .profiles import Profile, get_profile
 
 __all__ = ["PipelineResult", "run_pipeline", "run_dir_for"]
 
@@ -100,7 +101,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
             cached translations are still reused when their settings match).
         log: where stage messages go.
     """
-    from .align.experiment import PIPELINE_METHODS
+    from .align.methods import PIPELINE_METHODS
     from .diffusion.source import load_source_ddpm
     from .diffusion.training import make_accelerator
 
@@ -133,9 +134,17 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True, fresh: bool =
         _run_user_folder(profile, config, target, state, result, accelerator, progress, log)
         return result
 
-    from .align.experiment import run_stage2, source_samples
+    return _run_benchmark(profile, config, methods, state, result, accelerator, progress, log)
+
+
+def _run_benchmark(profile: Profile, config: PipelineConfig, methods: list[str], state: RunState,
+                   result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> PipelineResult:
+    """Stage 1 per benchmark target, stage 2 on the source and the translations, then the report; resumable."""
+    from .align.experiment import run_stage2
+    from .align.inputs import source_samples
     from .diffusion.stage1 import translated_source
 
+    run_dir = result.run_dir
     translated: dict[str, list] = {}
     for target in config.targets:
         def stage1(target=target) -> dict:
@@ -179,7 +188,7 @@ def _stage_times(state: RunState) -> dict[str, float]:
 
 def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float], state: RunState) -> dict[str, Path]:
     """Metrics JSON, Markdown table and figures of a labelled run; the table also goes to ``results/``."""
-    from .evaluation.metrics import format_table
+    from .evaluation.tables import format_table
     from .experiments import save_result
     from .plots import save_figure
 
@@ -192,7 +201,7 @@ def _write_report(profile: Profile, run_dir: Path, res, seconds: dict[str, float
                                       "headline": res.headline().reset_index().to_dict(orient="records"),
                                       "costs": res.costs})
     from .align.report import alignment_log, headline_markdown, verdict_lines
-    from .evaluation.metrics import _markdown
+    from .evaluation.tables import _markdown
 
     headline = res.headline()
     lines = [f"# MFM-DA pipeline ({profile.name} profile)", "",
@@ -241,7 +250,7 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, target: TargetFol
                      result: PipelineResult, accelerator, progress: bool, log: Callable[[str], None]) -> None:
     """Stage 1 and stage 2 for a folder of unlabeled images: translations and predicted masks, no scores."""
     from .align.experiment import predict_target_masks
-    from .align.experiment import source_samples as stage2_source
+    from .align.inputs import source_samples as stage2_source
     from .diffusion.source import load_source_ddpm
     from .diffusion.stage1 import feature_encoder, run_stage1, sources_to_translate, stage1_config, translate_config
     from .diffusion.ddpm import to_signed_tensor

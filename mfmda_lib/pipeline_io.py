@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.synthetic import DOMAINS
+from .data.domains import DOMAINS
 from .io import DataError, atomic_write, atomic_write_json, read_image, save_png
 from .profiles import PROFILE_NAMES
 from .roi import (CONFIDENCE_THRESHOLD, DiscLocation, RoiBox, centre_box, count_dark_corners, locate_disc,

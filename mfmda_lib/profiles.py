@@ -1,4 +1,4 @@
-"""The one place that sets every size in the kit: profiles, device, paths and seeding.
+"""The one place that sets every size in the kit: the profiles (device, paths and seeding: :mod:`.environment`).
 
 Four profiles (``ci``, ``cpu``, ``gpu``, ``colab``) fix every image count, resolution, batch
 size, step count and sampling-step count used by any notebook or pipeline, so a notebook holds no
@@ -7,7 +7,7 @@ magic numbers and CI cannot miss an inner loop.
 Chosen by the ``MFMDA_PROFILE`` environment variable, else by the hardware: on CUDA, ``colab`` when
 the GPU has less than :data:`SMALL_GPU_GIB` GiB of memory (a free Colab or Kaggle T4 has ~15 GB, a
 V100 16 GB) and ``gpu`` otherwise (an L4 or A10 with 24 GB, an A100, an H100/H200); ``cpu`` without
-CUDA. This is the only module of the library that reads environment variables:
+CUDA. It and :mod:`.environment` are the only modules of the library that read environment variables:
 
 ==================  ===========================================================
 ``MFMDA_PROFILE``   ``ci`` | ``cpu`` | ``gpu`` | ``colab``
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
+
+from .environment import get_device, paths
 
 #: The profiles, in the column order of :data:`SIZES`.
 PROFILE_NAMES: tuple[str, ...] = ("ci", "cpu", "gpu", "colab")
@@ -35,8 +34,10 @@ PROFILE_NAMES: tuple[str, ...] = ("ci", "cpu", "gpu", "colab")
 #: A CUDA device with less total memory than this (GiB) gets the ``colab`` profile, a larger one ``gpu``.
 SMALL_GPU_GIB = 20.0
 
-__all__ = ["Profile", "PROFILES", "PROFILE_NAMES", "SIZES", "SMALL_GPU_GIB", "get_profile", "auto_profile_name",
-           "get_device", "paths", "Paths", "seed_everything", "describe_environment"]
+__all__ = [
+    "Profile", "PROFILES", "PROFILE_NAMES", "SIZES", "SMALL_GPU_GIB", "get_profile", "auto_profile_name",
+    "describe_environment",
+]
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,15 @@ class Profile:
             runs once per image and is cached (CPU).
         stage2_taps: the four LiteMedSAM units read out as the pyramid levels, shallow to deep.
         stage2_seeds: seeds of stage 2's headline comparison (source-only, the unsupervised baselines,
-            translation-only, MFM-DA and the oracle; every verdict rests on all of them; ablations use the first). cpu: 2,
-            the most that keeps `mfmda run --profile cpu` near its budget on 2 cores (17 models per seed).
+            translation-only, MFM-DA and the oracle; every verdict rests on all of them; ablations use the first). 3 in
+            every profile but ci (issue 12: a verdict needs at least 3 seeds; 17 models per seed).
         stage2_targets: target domains notebook 09 adapts to and scores (``ci``: one, to stay a smoke test).
         stage2_pairs: labelled source images (each paired with its translation) that stage 2 trains on:
             the first of stage 1's translated list.
         stage2_test_per_domain: test images per domain scored in notebook 09.
         stage2_warmup_epochs: epochs of the shared source-only warm-up every stage-2 method starts from.
         stage2_ablations: the ablations notebook 09 trains on one target (names in
-            ``mfmda_lib.align.experiment.ABLATIONS``): all of them outside ``ci``; ``ci`` runs only those whose
+            ``mfmda_lib.align.methods.ABLATIONS``): all of them outside ``ci``; ``ci`` runs only those whose
             code no other cell of the notebook runs (AdamW runs in section 4 and in every warm-up, a head
             without tokens in every warm-up, aligning the deepest level only in ``mfmda_last_level``).
         stage2_epochs: epochs of each stage-2 method after the warm-up (three optimizer steps per
@@ -318,7 +319,7 @@ SIZES: dict[str, tuple] = {
                                ("layers.1.blocks.1", "layers.2.blocks.5", "layers.3.blocks.0", "layers.3.blocks.1"),
                                ("layers.1.blocks.1", "layers.2.blocks.2", "layers.2.blocks.5", "layers.3.blocks.1"),
                                ("layers.1.blocks.1", "layers.2.blocks.5", "layers.3.blocks.0", "layers.3.blocks.1")),
-    "stage2_seeds":           (1, 2, 3, 3),
+    "stage2_seeds":           (1, 3, 3, 3),
     "stage2_targets":         (("riga_binrushed",), ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor"),
                                ("refuge_test", "riga_binrushed", "riga_messidor")),
@@ -367,53 +368,6 @@ def get_profile(name: str | None = None) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (from MFMDA_PROFILE or argument): choose one of {sorted(PROFILES)}")
     return PROFILES[name]
-
-
-def get_device() -> torch.device:
-    """The torch device to use: ``$MFMDA_DEVICE``, else CUDA, else Apple MPS, else CPU."""
-    forced = os.environ.get("MFMDA_DEVICE")
-    if forced:
-        return torch.device(forced)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where the kit reads and writes. Create folders with ``mkdir`` as you need them."""
-
-    home: Path
-    data: Path
-    cache: Path
-    results: Path
-
-
-def _default_home() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "pyproject.toml").is_file():  # a clone (editable install): keep artefacts beside it
-        return repo
-    return Path.home() / ".mfmda"
-
-
-def paths() -> Paths:
-    """Folders for data, frozen-encoder cache and results (environment overrides applied)."""
-    home = Path(os.environ.get("MFMDA_HOME") or _default_home()).expanduser()
-    return Paths(
-        home=home,
-        data=Path(os.environ.get("MFMDA_DATA") or home / "data").expanduser(),
-        cache=Path(os.environ.get("MFMDA_CACHE") or home / ".cache").expanduser(),
-        results=Path(os.environ.get("MFMDA_RESULTS") or home / "results").expanduser(),
-    )
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def describe_environment(profile: Profile | None = None) -> str:

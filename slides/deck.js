@@ -1,4 +1,4 @@
-// Deck behaviour, inlined into every deck by mfmda_lib.teaching.slides.
+// Deck behaviour, inlined into every deck by course.slides.
 // 1. Navigation: arrows / space / PageUp / PageDown enter presentation mode and move; Esc leaves it.
 //    "#7" in the address opens slide 7 in presentation mode (the slide test's screenshots use it).
 // 2. Speaker notes: hidden on screen; N (or "#notes" in the address) toggles the presenter view, the

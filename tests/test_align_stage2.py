@@ -7,9 +7,11 @@ from torch import nn
 from test_align import TAPS, tiny_vit
 
 from mfmda_lib.align import experiment
+from mfmda_lib.align.features import level_shapes
+from mfmda_lib.align.methods import ABLATIONS, DEFAULT_METHODS, METHODS
 from mfmda_lib.align.pyramid import PyramidEncoder
-from mfmda_lib.align.stage2 import (Stage2Config, build_model, level_shapes, make_optimizers, predict_logits,
-                                   three_step_update, train_stage2)
+from mfmda_lib.align.stage2 import Stage2Config, build_model, predict_logits
+from mfmda_lib.align.training import make_optimizers, three_step_update, train_stage2
 from mfmda_lib.data import FundusSample
 from mfmda_lib.models.base import InputSpec, PromptableSegmenter
 from mfmda_lib.profiles import get_profile
@@ -145,7 +147,7 @@ def _stage2_run_inputs(tmp_path):
 def test_run_stage2_every_method_end_to_end_and_reuses_checkpoints(tmp_path):
     profile, source, translated, kwargs = _stage2_run_inputs(tmp_path)
     test, targets = kwargs["test"], tuple(translated)
-    methods = [m for m in experiment.DEFAULT_METHODS if m != "sam_decoder_adapter"]
+    methods = [m for m in DEFAULT_METHODS if m != "sam_decoder_adapter"]
     result = experiment.run_stage2(profile, source, translated, methods=methods, **kwargs)
     table = result.table()
     assert list(dict.fromkeys(table.index.get_level_values("method"))) == methods
@@ -220,11 +222,11 @@ def test_profiles_train_known_ablations_and_ci_keeps_every_code_path_no_other_ce
     from mfmda_lib.profiles import PROFILES
 
     for name, profile in PROFILES.items():
-        assert set(profile.stage2_ablations) <= set(experiment.ABLATIONS), name
+        assert set(profile.stage2_ablations) <= set(ABLATIONS), name
         assert len(set(profile.stage2_ablations)) == len(profile.stage2_ablations), name
         if name != "ci":  # the real runs train every ablation
-            assert tuple(profile.stage2_ablations) == experiment.ABLATIONS, name
-    ci = [experiment.METHODS[m] for m in PROFILES["ci"].stage2_ablations]
+            assert tuple(profile.stage2_ablations) == ABLATIONS, name
+    ci = [METHODS[m] for m in PROFILES["ci"].stage2_ablations]
     changed = {field for m in ci for field, _ in m.changes}
     # notebook 09 runs AdamW (section 4, every warm-up) and a head without tokens (every warm-up) elsewhere; what
     # only an ablation runs: another head (deepest level, aligned alone), the `levels` placement, no warm-up

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.functional.classification import binary_calibration_error
 
 from mfmda_lib.data import generate_sample
-from mfmda_lib.evaluation import clinical, reporting
+from mfmda_lib.evaluation import calibration, clinical, reporting, screening
 from mfmda_lib.evaluation.clinical import ClinicalConfig
 
 CONFIG = ClinicalConfig(n_resamples=400, seed=0)
@@ -85,7 +85,7 @@ def test_rank_auc_matches_scikit_learn_with_ties():
     rng = np.random.default_rng(0)
     labels = rng.random((20, 15)) < 0.4
     scores = np.round(rng.random((20, 15)), 1)  # many ties
-    auc = clinical._auc_per_row(labels, scores)
+    auc = screening._auc_per_row(labels, scores)
     for row in range(20):
         if 0 < labels[row].sum() < 15:
             assert auc[row] == pytest.approx(roc_auc_score(labels[row], scores[row]))
@@ -95,15 +95,15 @@ def test_rank_auc_matches_scikit_learn_with_ties():
 
 def test_screening_perfect_random_and_single_class():
     true = np.array([0.3, 0.4, 0.5, 0.65, 0.7, 0.8, 0.35, 0.45])
-    perfect = clinical.glaucoma_screening(true, true, CONFIG)
+    perfect = screening.glaucoma_screening(true, true, CONFIG)
     assert perfect.auc == 1.0 and perfect.sensitivity == 1.0 and perfect.specificity == 1.0
     assert perfect.n_positive == 3 and perfect.n_negative == 5
     assert perfect.sensitivity_at_specificity == 1.0 and perfect.auc_lo == 1.0
-    inverted = clinical.glaucoma_screening(true, 1 - true, CONFIG)
+    inverted = screening.glaucoma_screening(true, 1 - true, CONFIG)
     assert inverted.auc == 0.0 and inverted.sensitivity == 0.0
-    under = clinical.glaucoma_screening(true, true - 0.1, CONFIG)  # every ratio 0.1 too small
+    under = screening.glaucoma_screening(true, true - 0.1, CONFIG)  # every ratio 0.1 too small
     assert under.auc == 1.0 and under.sensitivity < 1.0  # ranking intact, the fixed rule misses suspects
-    one_class = clinical.glaucoma_screening([0.3, 0.4], [0.3, 0.5], CONFIG)
+    one_class = screening.glaucoma_screening([0.3, 0.4], [0.3, 0.5], CONFIG)
     assert np.isnan(one_class.auc) and one_class.fpr.size == 0 and "one class" in one_class.note
     assert one_class.specificity == 1.0
     assert set(perfect.summary()) >= {"auc", "auc_lo", "sensitivity", "note"}
@@ -113,18 +113,18 @@ def test_sensitivity_at_specificity_picks_the_best_feasible_point():
     fpr = np.array([0.0, 0.05, 0.1, 0.3, 1.0])
     tpr = np.array([0.0, 0.4, 0.7, 0.9, 1.0])
     thr = np.array([np.inf, 0.8, 0.7, 0.6, 0.1])
-    assert clinical.sensitivity_at_specificity(fpr, tpr, thr, 0.9) == (0.7, 0.7)
-    assert clinical.sensitivity_at_specificity(fpr, tpr, thr, 0.95) == (0.4, 0.8)
-    assert clinical.sensitivity_at_specificity(fpr, tpr, thr, 0.99) == (0.0, np.inf)
+    assert screening.sensitivity_at_specificity(fpr, tpr, thr, 0.9) == (0.7, 0.7)
+    assert screening.sensitivity_at_specificity(fpr, tpr, thr, 0.95) == (0.4, 0.8)
+    assert screening.sensitivity_at_specificity(fpr, tpr, thr, 0.99) == (0.0, np.inf)
 
 
 def test_screening_errors_names_both_kinds():
     rows = [{"domain": "a", "sample_id": "1", "vcdr_true": 0.7, "vcdr_pred": 0.5},
             {"domain": "a", "sample_id": "2", "vcdr_true": 0.4, "vcdr_pred": 0.62},
             {"domain": "a", "sample_id": "3", "vcdr_true": 0.4, "vcdr_pred": 0.45}]
-    errors = clinical.screening_errors(rows, 0.6)
+    errors = screening.screening_errors(rows, 0.6)
     assert list(errors.error) == ["false referral", "missed suspect"]  # worst vCDR error (0.22, 0.2) first
-    assert clinical.screening_errors(rows[2:], 0.6).empty
+    assert screening.screening_errors(rows[2:], 0.6).empty
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,34 +135,34 @@ def test_ece_matches_torchmetrics_and_is_small_when_calibrated():
     rng = np.random.default_rng(0)
     p = rng.random(20000)
     y = rng.random(20000) < p  # calibrated by construction
-    ece = clinical.expected_calibration_error(p, y, 10)
+    ece = calibration.expected_calibration_error(p, y, 10)
     reference = binary_calibration_error(torch.tensor(p), torch.tensor(y.astype(int)), n_bins=10, norm="l1")
     assert ece == pytest.approx(float(reference), abs=1e-6)
     assert ece < 0.02
     over = np.clip(p * 1.6 - 0.3, 0, 1)  # pushed towards 0 and 1: over-confident
-    assert clinical.expected_calibration_error(over, y, 10) > 5 * ece
-    table = clinical.reliability_table(p, y, 10)
+    assert calibration.expected_calibration_error(over, y, 10) > 5 * ece
+    table = calibration.reliability_table(p, y, 10)
     assert table["count"].sum() == p.size and len(table) == 10
-    assert clinical.reliability_table(np.array([1.0]), np.array([True]), 4)["count"].iloc[-1] == 1  # 1.0 in the last bin
+    assert calibration.reliability_table(np.array([1.0]), np.array([True]), 4)["count"].iloc[-1] == 1  # 1.0 in the last bin
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        clinical.reliability_table(np.array([1.2]), np.array([True]))
+        calibration.reliability_table(np.array([1.2]), np.array([True]))
 
 
 def test_calibration_pixels_cover_the_grown_boxes(samples):
     probs = np.stack([np.stack([s.disc, s.cup]).astype(np.float32) for s in samples])  # (N, 2, H, W), perfect
-    p, y = clinical.calibration_pixels(probs, samples, margin=2)
+    p, y = calibration.calibration_pixels(probs, samples, margin=2)
     expected = 0
     for s in samples:
         for structure in ("disc", "cup"):
             x0, y0, x1, y1 = s.box(structure, 2).astype(int)
             expected += (x1 - x0 + 1) * (y1 - y0 + 1)
     assert p.size == y.size == expected
-    assert clinical.expected_calibration_error(p, y) == 0.0  # the truth as probability: calibrated
-    by_domain = clinical.calibration_by_domain(probs, samples, CONFIG)
+    assert calibration.expected_calibration_error(p, y) == 0.0  # the truth as probability: calibrated
+    by_domain = calibration.calibration_by_domain(probs, samples, CONFIG)
     assert list(by_domain.index) == ["refuge_train", "riga_messidor"]
     assert (by_domain[["disc_ece", "cup_ece"]] == 0).all().all()
     with pytest.raises(ValueError, match="probs must be"):
-        clinical.calibration_pixels(probs[:, :1], samples)
+        calibration.calibration_pixels(probs[:, :1], samples)
 
 
 def test_disc_size_groups_split_at_the_median(samples):
@@ -229,14 +229,14 @@ def test_checklist_is_filled_from_measurements(samples, tmp_path):
     rows = [{"domain": s.domain, "sample_id": s.sample_id, "disc_dice": 0.9 - 0.1 * i, "cup_dice": 0.7 - 0.1 * i,
              "vcdr_abs_err": 0.05, "vcdr_true": s.vcdr, "vcdr_pred": s.vcdr + 0.01} for i, s in enumerate(samples)]
     table = clinical.ci_table(rows, ["disc_dice", "cup_dice", "vcdr_abs_err"], CONFIG)
-    screening = clinical.glaucoma_screening([r["vcdr_true"] for r in rows], [r["vcdr_pred"] for r in rows], CONFIG)
+    screen = screening.glaucoma_screening([r["vcdr_true"] for r in rows], [r["vcdr_pred"] for r in rows], CONFIG)
     probs = np.stack([np.stack([s.disc, s.cup]).astype(np.float32) for s in samples])
-    ece = clinical.calibration_by_domain(probs, samples, CONFIG)
+    ece = calibration.calibration_by_domain(probs, samples, CONFIG)
     split = clinical.disc_size_groups(samples)
     subgroups = clinical.ci_table([dict(r, size=g) for r, g in zip(rows, split.labels)], ["cup_dice"], CONFIG,
                                   by="size", pooled=None)
     checklist = reporting.reporting_checklist(
-        domain_table=table, screening=screening, ece=ece, subgroups=subgroups,
+        domain_table=table, screening=screen, ece=ece, subgroups=subgroups,
         inventory=reporting.results_inventory(tmp_path, "ci"), failures_shown=1, prompt="ground truth", config=CONFIG)
     assert set(checklist.status) <= {"reported", "caveat", "missing"}
     assert checklist.loc["sites and images per site", "status"] == "caveat"  # 2 images per site

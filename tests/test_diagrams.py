@@ -137,7 +137,8 @@ def _stage2_model(**changes):
 
     from mfmda_lib.align.pyramid import PyramidEncoder
     from mfmda_lib.align.rein import ReinConfig
-    from mfmda_lib.align.stage2 import Stage2Config, build_model, level_shapes
+    from mfmda_lib.align.features import level_shapes
+    from mfmda_lib.align.stage2 import Stage2Config, build_model
 
     config = Stage2Config(taps=TAPS, rein_from="layers.2.blocks.3", rein=ReinConfig(n_tokens=4, rank=2), head_width=4)
     config = config.replace(**changes)

@@ -144,3 +144,42 @@ def test_translated_source_checks_its_arguments():
         translated_source(PROFILES["ci"], "riga_binrushed", variant="cyclegan")
     with pytest.raises(ValueError, match="target_domain"):
         translated_source(PROFILES["ci"], "refuge_train")
+
+
+def test_score_translations_gives_the_source_gap_one_and_the_targets_own_images_gap_zero():
+    from mfmda_lib.data import benchmark_samples
+    from mfmda_lib.diffusion.comparison import SOURCE_ROW, score_translations
+    from mfmda_lib.diffusion.stage1 import sources_to_translate
+    from mfmda_lib.models import build_toy_segmenter
+
+    profile = PROFILES["ci"]
+    sources = [s.image for s in sources_to_translate(profile)]
+    own = [s.image for s in benchmark_samples(profile, "train", profile.train_per_domain, domains=["riga_messidor"])]
+    table = score_translations(profile, "riga_messidor", {"untouched": sources, "the target's own": own},
+                               segmenter=build_toy_segmenter())
+    assert list(table.index) == [SOURCE_ROW, "untouched", "the target's own"]
+    assert table.loc[SOURCE_ROW, "gap_left"] == pytest.approx(1.0)
+    assert table.loc["the target's own", "gap_left"] == pytest.approx(0.0, abs=1e-9)  # the gap's own reference
+    assert table.loc["untouched"].tolist() == pytest.approx(table.loc[SOURCE_ROW].tolist())  # same images, same row
+    assert ((table[["disc_dice", "cup_dice"]] >= 0) & (table[["disc_dice", "cup_dice"]] <= 1)).all().all()
+
+
+def test_stage1_target_lines_judge_each_target_against_the_bar_and_name_the_closest_baseline(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mfmda_lib.diffusion.comparison import SOURCE_ROW, saved_stage1_targets, stage1_target_lines
+    from mfmda_lib.experiments import save_result
+
+    rows = [("a", SOURCE_ROW, 1.0, 0.93), ("a", "stage1", 0.65, 0.90), ("a", "histogram_matching", 0.30, 0.80),
+            ("b", SOURCE_ROW, 1.0, 0.93), ("b", "stage1", 0.95, 0.91), ("b", "fda", 0.99, 0.92),
+            ("b", "oracle camera", 0.10, 0.95)]
+    table = pd.DataFrame(rows, columns=["target", "method", "gap_left", "disc_dice"]).set_index("target")
+    assert saved_stage1_targets(tmp_path, "ci") is None
+    monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path))
+    save_result("mfmda_stage1_targets", PROFILES["cpu"], table)
+    measured_in, saved = saved_stage1_targets(tmp_path, "ci")  # falls back to the cpu measurement
+    assert measured_in == "cpu" and list(saved.index.names) == ["target", "method"]
+    a, b = stage1_target_lines(saved)
+    assert a.startswith("a: stage1 leaves 0.65") and "meets the bar" in a and "histogram_matching leaves 0.30" in a
+    assert b.startswith("b: stage1 leaves 0.95") and "misses the bar" in b and "fda leaves 0.99" in b
+    assert "oracle camera" not in b  # the ceiling is not a competitor

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mfmda_lib.data.download import (SOURCES, DownloadError, RemoteFile, Source, download, fetch_source,
-                                     registration_steps, safe_extract)
+from mfmda_lib.data.download import DownloadError, download
+from mfmda_lib.data.extract import safe_extract
+from mfmda_lib.data.sources import SOURCES, RemoteFile, Source, fetch_source, registration_steps
 from mfmda_lib.io import DataError
 
 PAYLOAD = bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8))

@@ -11,13 +11,15 @@ import pytest
 
 from mfmda_lib import pipeline
 from mfmda_lib.align import experiment as align_experiment
+from mfmda_lib.align import inputs as align_inputs
+from mfmda_lib.align.result import Stage2Result
 from mfmda_lib.diffusion import source as ddpm_source
 from mfmda_lib.diffusion import stage1
 from mfmda_lib.io import DataError
 from mfmda_lib.pipeline_io import PipelineConfig
 
 
-def _fake_stage2(targets) -> align_experiment.Stage2Result:
+def _fake_stage2(targets) -> Stage2Result:
     """A stage-2 result with fixed scores: MFM-DA ahead of source-only on every target, two seeds, four images."""
     rows = []
     for seed in (0, 1):
@@ -28,7 +30,7 @@ def _fake_stage2(targets) -> align_experiment.Stage2Result:
                     rows.append({"method": m, "domain": t, "sample_id": f"{t}_{i}", "seed": seed, "disc_dice": dice,
                                  "disc_iou": dice - 0.1, "disc_hd95": 3.0, "cup_dice": dice - 0.1,
                                  "cup_iou": dice - 0.2, "cup_hd95": 4.0, "dice": dice - 0.05})
-    return align_experiment.Stage2Result(rows, [], {}, list(targets), "stage1", seeds=[0, 1])
+    return Stage2Result(rows, [], {}, list(targets), "stage1", seeds=[0, 1])
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def fakes(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ddpm_source, "load_source_ddpm", load_source_ddpm)
     monkeypatch.setattr(stage1, "translated_source", translated_source)
-    monkeypatch.setattr(align_experiment, "source_samples", lambda profile: ["s1", "s2"])
+    monkeypatch.setattr(align_inputs, "source_samples", lambda profile: ["s1", "s2"])
     monkeypatch.setattr(align_experiment, "run_stage2", run_stage2)
     monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path / "results"))
     return calls

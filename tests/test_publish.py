@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mfmda_lib.teaching import publish
+from course import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -117,4 +117,4 @@ def test_the_install_cell_clones_a_reachable_kit_then_reports_what_it_cannot_ins
 def test_the_command_line_checks_the_repository(capsys):
     assert publish.main(["--check"]) == 0
     assert publish.kit_url(ROOT) in capsys.readouterr().out
-    assert sys.modules["mfmda_lib.teaching.publish"] is publish
+    assert sys.modules["course.publish"] is publish

@@ -8,14 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-import mfmda_lib.finetune.experiment as finetune_experiment
+import mfmda_lib.finetune.comparison as finetune_comparison
 import mfmda_lib.ssl.experiment as ssl_experiment
 from mfmda_lib import finetune, ssl
-from mfmda_lib.adapt import sam_comparison, sam_tuning
+from mfmda_lib.adapt import sam_comparison, sam_lora, sam_tuning
 from mfmda_lib.data import DOMAINS
 from mfmda_lib.data.synthetic import generate_sample
+from mfmda_lib.environment import seed_everything
 from mfmda_lib.models import build_toy_segmenter
-from mfmda_lib.profiles import get_profile, seed_everything
+from mfmda_lib.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,7 +28,7 @@ def tiny_benchmark_samples(monkeypatch):
         return [generate_sample(d, i, split=split, size=64, severity=profile.severity, seed=profile.seed)
                 for d in (domains or DOMAINS) for i in range(n_per_domain or profile.eval_per_domain)]
 
-    for runner in (ssl_experiment, finetune_experiment, sam_comparison):
+    for runner in (ssl_experiment, finetune_comparison, sam_comparison):
         monkeypatch.setattr(runner, "benchmark_samples", fake)
 
 
@@ -89,7 +90,7 @@ def test_sam_comparison_repeats_exactly(tmp_path, monkeypatch, tiny_benchmark_sa
     profile = get_profile("ci").replace(train_per_domain=4, eval_per_domain=1, lora_train_images=1, adapter_epochs=1,
                                         lora_epochs=1, sam_tta_steps=1, verdict_seeds=2, encoder_batch_size=2)
     segmenter = build_toy_segmenter().requires_grad_(False).eval()
-    config = sam_comparison.ComparisonConfig(lora=sam_tuning.LoraConfigLite(target_modules=r"[036]"))  # toy convs
+    config = sam_comparison.ComparisonConfig(lora=sam_lora.LoraConfigLite(target_modules=r"[036]"))  # toy convs
 
     def run(name, seeds=None):
         _fresh_cache(monkeypatch, tmp_path, name)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mfmda_lib.adapt import decoder_adapter as da
-from mfmda_lib.adapt import sam_tuning as st
+from mfmda_lib.adapt import sam_lora, sam_tuning as st
 from mfmda_lib.data.synthetic import generate_sample
 from mfmda_lib.models import build_toy_segmenter
 
@@ -102,18 +102,18 @@ def test_encoder_lora_trains_only_lora_parameters():
     model = build_toy_segmenter()
     model.requires_grad_(False)
     model.eval()
-    cfg = st.LoraConfigLite(r=2, alpha=4, target_modules=r"[036]", lr=1e-2, images_per_step=2)
-    st.inject_encoder_lora(model, cfg)
+    cfg = sam_lora.LoraConfigLite(r=2, alpha=4, target_modules=r"[036]", lr=1e-2, images_per_step=2)
+    sam_lora.inject_encoder_lora(model, cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and n.startswith("image_encoder.") for n in trainable)
     data = _toy_set(model)
     running = [b.running_mean.clone() for b in model.image_encoder.modules() if isinstance(b, torch.nn.BatchNorm2d)]
-    history = st.train_encoder_lora(model, data, cfg, epochs=2, seed=0, progress=False)
+    history = sam_lora.train_encoder_lora(model, data, cfg, epochs=2, seed=0, progress=False)
     assert len(history.epochs) == 2 and np.isfinite(history.train_loss).all()
     norms = [b.running_mean for b in model.image_encoder.modules() if isinstance(b, torch.nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(running, norms))  # norm statistics stay frozen
     with pytest.raises(ValueError):
-        st.inject_encoder_lora(build_toy_segmenter(), st.LoraConfigLite(target_modules=r"nothing_here"))
+        sam_lora.inject_encoder_lora(build_toy_segmenter(), sam_lora.LoraConfigLite(target_modules=r"nothing_here"))
 
 
 def test_segmentation_loss_and_peak_memory():

@@ -15,7 +15,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from mfmda_lib.teaching import deck_figures, figures, slides
+from course import deck_figures, slides
+from course import deck_sources as figures
 
 ROOT = Path(__file__).resolve().parents[1]
 DECKS = sorted((ROOT / "slides" / "decks").glob("*.md"))

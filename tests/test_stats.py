@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mfmda_lib.evaluation import stats
+from mfmda_lib.evaluation import comparisons, stats
 
 
 def _rows(method, values, seeds=(0, 1, 2)):
@@ -75,23 +75,23 @@ def test_comparison_table_runs_each_spec_on_its_subset():
              for s in ("online", "bs1")]
     specs.append({"question": "q2", "where": {"method": "a"}, "by": "setting", "metric": "dice",
                   "method": "bs1", "baseline": "online"})
-    t = stats.comparison_table(rows, specs, n_resamples=200)
+    t = comparisons.comparison_table(rows, specs, n_resamples=200)
     assert t["question"].tolist() == ["q1", "q1", "q2"] and t["setting"].tolist()[:2] == ["online", "bs1"]
     assert t["verdict"].tolist() == ["better", "worse", "worse"]
     assert t["diff"].tolist() == pytest.approx([0.1, -0.1, -0.2])
     assert t.loc[2, "where_method"] == "a" and t.loc[2, "method"] == "bs1" and t.loc[2, "n_images"] == 20
-    assert stats.comparison_table(rows, specs, n_resamples=200).equals(t)  # same seed, same numbers
+    assert comparisons.comparison_table(rows, specs, n_resamples=200).equals(t)  # same seed, same numbers
 
 
 def test_group_difference_resamples_each_group_on_its_own():
     rng = np.random.default_rng(4)
     a, b = rng.normal(0.7, 0.05, 40), rng.normal(0.5, 0.05, 25)  # different images, different counts
-    d, lo, hi = stats.group_difference(a, b, n_resamples=500)
+    d, lo, hi = comparisons.group_difference(a, b, n_resamples=500)
     assert d == pytest.approx(a.mean() - b.mean()) and lo < d < hi and stats.verdict_word(lo, hi) == "better"
-    same = stats.group_difference(a, a[::-1], n_resamples=500)
+    same = comparisons.group_difference(a, a[::-1], n_resamples=500)
     assert stats.verdict_word(same[1], same[2]) == stats.NO_DIFFERENCE
-    assert stats.group_difference(a, b, n_resamples=500) == (d, lo, hi)  # seeded
-    assert np.isnan(stats.group_difference(a, [np.nan])[0])
+    assert comparisons.group_difference(a, b, n_resamples=500) == (d, lo, hi)  # seeded
+    assert np.isnan(comparisons.group_difference(a, [np.nan])[0])
 
 
 def test_seed_auroc_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
@@ -102,22 +102,22 @@ def test_seed_auroc_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
     scores = rng.normal(size=(3, 40)) + 2 * labels  # informative
     scores[0, :5] = 0.25  # ties
     expected = [roc_auc_score(labels, s) for s in scores]
-    assert stats.seed_auroc(scores, labels) == pytest.approx(expected)
-    assert np.isnan(stats.seed_auroc(scores, np.zeros(40))).all()  # one class: undefined
+    assert comparisons.seed_auroc(scores, labels) == pytest.approx(expected)
+    assert np.isnan(comparisons.seed_auroc(scores, np.zeros(40))).all()  # one class: undefined
     rows = [{"method": m, "seed": s, "domain": "d", "sample_id": f"i{j}", "pred": float(v), "y": int(labels[j])}
             for m, x in (("good", scores), ("blind", rng.normal(size=(3, 40)))) for s in range(3)
             for j, v in enumerate(x[s])]
-    c = stats.compare_auroc(rows, "pred", "y", "good", "blind")
+    c = comparisons.compare_auroc(rows, "pred", "y", "good", "blind")
     assert c.verdict == "better" and c.n_seeds == 3 and c.n_images == 40 and c.low < c.diff < c.high
-    assert c.diff == pytest.approx(np.mean(expected) - np.mean(stats.seed_auroc(
+    assert c.diff == pytest.approx(np.mean(expected) - np.mean(comparisons.seed_auroc(
         np.array([[r["pred"] for r in rows if r["method"] == "blind" and r["seed"] == s] for s in range(3)]), labels)))
-    assert stats.compare_auroc(rows, "pred", "y", "good", "good").verdict == stats.NO_DIFFERENCE
+    assert comparisons.compare_auroc(rows, "pred", "y", "good", "good").verdict == stats.NO_DIFFERENCE
 
 
 def test_compare_table_flips_the_direction_of_errors():
     b = np.random.default_rng(4).uniform(0.3, 0.9, size=(3, 30))
     rows = [{**r, "err": 1 - r["dice"]} for r in _rows("a", b + 0.05) + _rows("b", b)]
-    t = stats.compare_table(rows, ["dice", "err"], [("a", "b")], lower_is_better=["err"])
+    t = comparisons.compare_table(rows, ["dice", "err"], [("a", "b")], lower_is_better=["err"])
     assert t.loc[("a", "b", "dice"), "verdict"] == "better" and t.loc[("a", "b", "err"), "verdict"] == "better"
     assert t.loc[("a", "b", "err"), "diff"] == pytest.approx(-0.05) and t.loc[("a", "b", "dice"), "n_seeds"] == 3
     from mfmda_lib.evaluation import format_table

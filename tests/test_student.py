@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mfmda_lib.teaching import student
+from course import student
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -212,7 +212,7 @@ def test_colab_badge_points_at_this_notebook_and_install_keeps_torch(path):
     nb = nbformat.read(path, as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     urls = re.findall(r"\(https://colab\.research\.google\.com/github/([^)\s]+)\)", text)
-    from mfmda_lib.teaching.publish import ROOT, badge_line, kit_url
+    from course.publish import ROOT, badge_line, kit_url
 
     if "github.com/" in kit_url(ROOT):  # a published kit on GitHub: the badge opens this very notebook
         assert urls, f"{path.name} has no Colab badge link"

@@ -6,7 +6,7 @@ import pytest
 
 from mfmda_lib.data import (DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS, generate_benchmark, generate_sample,
                             load_benchmark, style_at)
-from mfmda_lib.data import synthetic
+from mfmda_lib.data import benchmark, synthetic
 from mfmda_lib.data.sample import GLAUCOMA_SUSPECT_VCDR
 from mfmda_lib.io import DataError
 
@@ -87,7 +87,7 @@ def test_complete_benchmark_is_reused_not_regenerated(tiny_benchmark, monkeypatc
     def boom(*a, **k):
         raise AssertionError("regenerated a complete benchmark")
 
-    monkeypatch.setattr(synthetic, "generate_sample", boom)
+    monkeypatch.setattr(benchmark, "generate_sample", boom)
     out = generate_benchmark(tiny_benchmark.parent, domains=["refuge_train", "riga_messidor"], train_per_domain=3,
                              test_per_domain=2, size=64, severity=1.0, seed=0, progress=False)
     assert out == tiny_benchmark
@@ -103,16 +103,16 @@ def test_interrupted_or_corrupted_benchmark_is_regenerated(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(synthetic, "generate_sample", flaky)
+    monkeypatch.setattr(benchmark, "generate_sample", flaky)
     kw = dict(domains=["refuge_test"], train_per_domain=2, test_per_domain=1, size=64, progress=False)
     with pytest.raises(KeyboardInterrupt):
         generate_benchmark(tmp_path, **kw)
-    out = synthetic.benchmark_dir(tmp_path, size=64, severity=1.0, seed=0, train_per_domain=2, test_per_domain=1)
+    out = benchmark.benchmark_dir(tmp_path, size=64, severity=1.0, seed=0, train_per_domain=2, test_per_domain=1)
     assert not (out / "benchmark.json").exists()
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(DataError, match="not a complete synthetic benchmark"):
         load_benchmark(out)
-    monkeypatch.setattr(synthetic, "generate_sample", real)
+    monkeypatch.setattr(benchmark, "generate_sample", real)
     generate_benchmark(tmp_path, **kw)
     assert len(load_benchmark(out, "train")) == 2
     # flip one byte of an image: the checksum catches it and the benchmark is rebuilt
@@ -125,7 +125,7 @@ def test_interrupted_or_corrupted_benchmark_is_regenerated(tmp_path, monkeypatch
 
 # nbval does not compare outputs of cells that were never run in the committed (clean) notebook,
 # so the values that notebook 00 prints in its `# NBVAL_CHECK_OUTPUT` cell are pinned here. If the
-# renderer changes on purpose, bump synthetic._VERSION and update these numbers.
+# renderer changes on purpose, bump benchmark._VERSION and update these numbers.
 GOLDEN_TEST_0 = {  # domain: (disc px, cup px, vCDR, glaucoma) of generate_sample(domain, 0, split="test")
     "refuge_train": (2636, 1429, 0.667, 1),
     "refuge_test": (2295, 253, 0.333, 0),

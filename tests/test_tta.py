@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from mfmda_lib.adapt import tta
+from mfmda_lib.adapt import tta, tta_augmented, tta_base
 from mfmda_lib.adapt import tta_benchmark as tb
 from mfmda_lib.adapt import tta_source as ts
 from mfmda_lib.data import generate_sample
@@ -42,7 +42,7 @@ def _bn_affine_names(model: nn.Module) -> set:
 @pytest.mark.parametrize("name", list(tta.TTA_METHODS))
 def test_every_method_returns_disc_and_cup_logits_and_leaves_the_source_model_alone(name, model, shifted_batch):
     before = _state(model)
-    method = tta.TTA_METHODS[name](model, tta.TTAConfig(steps=2, n_augmentations=4))
+    method = tta.TTA_METHODS[name](model, tta_base.TTAConfig(steps=2, n_augmentations=4))
     out = method.adapt(shifted_batch)
     assert out.shape == (4, 2, SIZE, SIZE) and torch.isfinite(out).all()
     assert method.predict(shifted_batch).shape == (4, 2, SIZE, SIZE)
@@ -50,7 +50,7 @@ def test_every_method_returns_disc_and_cup_logits_and_leaves_the_source_model_al
 
 
 def test_tent_trains_exactly_the_batchnorm_affine_parameters(model, shifted_batch):
-    method = tta.Tent(model, tta.TTAConfig(lr=1e-2))
+    method = tta.Tent(model, tta_base.TTAConfig(lr=1e-2))
     trainable = {n for n, p in method.model.named_parameters() if p.requires_grad}
     assert trainable == _bn_affine_names(method.model)
     assert len(method.params) == len(trainable) == 2 * sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -65,11 +65,11 @@ def test_tent_trains_exactly_the_batchnorm_affine_parameters(model, shifted_batc
 
 
 def test_tent_lowers_the_entropy_it_minimises(model, shifted_batch):
-    method = tta.Tent(model, tta.TTAConfig(lr=1e-2))
-    first = tta.binary_entropy(method.predict(shifted_batch)).mean()
+    method = tta.Tent(model, tta_base.TTAConfig(lr=1e-2))
+    first = tta_base.binary_entropy(method.predict(shifted_batch)).mean()
     for _ in range(5):
         method.adapt(shifted_batch)
-    assert tta.binary_entropy(method.predict(shifted_batch)).mean() < first
+    assert tta_base.binary_entropy(method.predict(shifted_batch)).mean() < first
 
 
 def test_norm_stats_normalises_with_the_batch_and_changes_no_parameter(model, shifted_batch):
@@ -90,7 +90,7 @@ def test_norm_stats_normalises_with_the_batch_and_changes_no_parameter(model, sh
 
 @pytest.mark.parametrize("name", ["tent", "pseudo_label", "mean_teacher"])
 def test_reset_restores_the_initial_state_exactly(name, model, shifted_batch):
-    method = tta.TTA_METHODS[name](model, tta.TTAConfig(lr=1e-2, steps=2, restore_prob=0.1, n_augmentations=4))
+    method = tta.TTA_METHODS[name](model, tta_base.TTAConfig(lr=1e-2, steps=2, restore_prob=0.1, n_augmentations=4))
     initial_state, initial_out = _state(method), method.predict(shifted_batch)
     method.adapt(shifted_batch)
     assert not torch.allclose(method.predict(shifted_batch), initial_out), "adapt should change the model"
@@ -107,7 +107,7 @@ def test_reset_restores_the_initial_state_exactly(name, model, shifted_batch):
 class _CountSteps:
     """Counts ``optimizer.step`` calls of a wrapped method."""
 
-    def __init__(self, method: tta.TTAMethod) -> None:
+    def __init__(self, method: tta_base.TTAMethod) -> None:
         self.n, step = 0, method.optimizer.step
 
         def counted(*args, **kwargs):
@@ -131,9 +131,9 @@ def test_default_tent_updates_once_per_batch_and_returns_that_forward_pass(model
     assert not torch.allclose(out, method.predict(shifted_batch)), "and the update did change the model"
     # the update is one Adam step on the mean binary entropy of those outputs
     reference = copy.deepcopy(before)
-    params, _ = tta.collect_norm_params(reference)
+    params, _ = tta_base.collect_norm_params(reference)
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    tta.binary_entropy(reference(shifted_batch)).mean().backward()
+    tta_base.binary_entropy(reference(shifted_batch)).mean().backward()
     optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), method.model.state_dict().values()))
     method.adapt(shifted_batch)
@@ -141,7 +141,7 @@ def test_default_tent_updates_once_per_batch_and_returns_that_forward_pass(model
 
 
 def test_multi_step_tent_is_the_named_option_and_returns_the_last_updating_pass(model, shifted_batch):
-    method = tta.Tent(model, tta.TTAConfig(steps=3))
+    method = tta.Tent(model, tta_base.TTAConfig(steps=3))
     steps = _CountSteps(method)
     shadow = tta.Tent(model)  # one step at a time, same start
     for _ in range(2):
@@ -152,7 +152,7 @@ def test_multi_step_tent_is_the_named_option_and_returns_the_last_updating_pass(
 
 
 def test_memo_is_episodic_per_image_with_sgd_on_every_weight(model, shifted_batch):
-    method = tta.MEMO(model, tta.TTAConfig(n_augmentations=8))
+    method = tta_augmented.MEMO(model, tta_base.TTAConfig(n_augmentations=8))
     assert isinstance(method.optimizer, torch.optim.SGD) and method.optimizer.param_groups[0]["lr"] == 2.5e-4
     assert len(method.params) == len(list(method.model.parameters()))
     initial = _state(method)
@@ -168,12 +168,12 @@ def test_memo_is_episodic_per_image_with_sgd_on_every_weight(model, shifted_batc
     method.adapt(shifted_batch[:1])
     assert torch.equal(method.adapt(shifted_batch[1:2]), pair[1:])
     # the step does move the prediction of that image, with a large enough learning rate
-    fast = tta.MEMO(model, tta.TTAConfig(lr=1e-1, n_augmentations=8))
+    fast = tta_augmented.MEMO(model, tta_base.TTAConfig(lr=1e-1, n_augmentations=8))
     assert not torch.allclose(fast.adapt(shifted_batch[:1]), fast.predict(shifted_batch[:1]))
 
 
 def test_memo_minimises_the_marginal_entropy_of_its_views(model, shifted_batch):
-    method = tta.MEMO(model, tta.TTAConfig(lr=1e-1, n_augmentations=8))
+    method = tta_augmented.MEMO(model, tta_base.TTAConfig(lr=1e-1, n_augmentations=8))
     x = shifted_batch[:1]
 
     def marginal(m):
@@ -182,7 +182,7 @@ def test_memo_minimises_the_marginal_entropy_of_its_views(model, shifted_batch):
         with torch.no_grad():
             logits = m.model(views)
         logits = torch.where(flipped[:, None, None, None], logits.flip(-1), logits)
-        return tta.marginal_binary_entropy(logits[:, None]).mean()
+        return tta_base.marginal_binary_entropy(logits[:, None]).mean()
 
     before = marginal(method)
     method.generator.manual_seed(7)
@@ -194,8 +194,8 @@ def test_marginal_entropy_is_the_entropy_of_the_mean_probability():
     logits = torch.randn(5, 2, 2, 3, 3) * 4
     p = torch.sigmoid(logits).mean(0)
     expected = -(p * p.log() + (1 - p) * (1 - p).log())
-    assert torch.allclose(tta.marginal_binary_entropy(logits), expected, atol=1e-5)
-    assert torch.isfinite(tta.marginal_binary_entropy(torch.full((3, 1, 1, 1, 1), 200.0))).all()
+    assert torch.allclose(tta_base.marginal_binary_entropy(logits), expected, atol=1e-5)
+    assert torch.isfinite(tta_base.marginal_binary_entropy(torch.full((3, 1, 1, 1, 1), 200.0))).all()
 
 
 def test_prior_batchnorm_mixes_source_and_batch_statistics(model, shifted_batch):
@@ -205,9 +205,9 @@ def test_prior_batchnorm_mixes_source_and_batch_statistics(model, shifted_batch)
         bn.running_var.copy_(torch.tensor([1.5, 0.5, 3.0]))
         bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
     holder = nn.Sequential(bn)
-    tta.use_prior_norm(holder, 16 / 17)
+    tta_augmented.use_prior_norm(holder, 16 / 17)
     prior_bn = holder[0]
-    assert isinstance(prior_bn, tta.PriorBatchNorm2d)
+    assert isinstance(prior_bn, tta_augmented.PriorBatchNorm2d)
     x = shifted_batch
     mean = 16 / 17 * bn.running_mean + 1 / 17 * x.mean(dim=(0, 2, 3))
     var = 16 / 17 * bn.running_var + 1 / 17 * x.var(dim=(0, 2, 3), unbiased=True)
@@ -216,22 +216,22 @@ def test_prior_batchnorm_mixes_source_and_batch_statistics(model, shifted_batch)
     assert torch.allclose(prior_bn(x), expected, atol=1e-5)
     prior_bn.prior = 1.0  # the source statistics alone: eval-mode BatchNorm
     assert torch.allclose(prior_bn(x), bn.eval()(x), atol=1e-6)
-    wrapped = tta.MEMO(model)
-    assert sum(isinstance(m, tta.PriorBatchNorm2d) for m in wrapped.model.modules()) == \
+    wrapped = tta_augmented.MEMO(model)
+    assert sum(isinstance(m, tta_augmented.PriorBatchNorm2d) for m in wrapped.model.modules()) == \
         sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def test_augmix_views_are_pixelwise_mixtures_in_range_and_reproducible():
     g = torch.Generator().manual_seed(0)
     img = torch.rand(3, 16, 16)
-    view = tta.augmix(img, g)
+    view = tta_augmented.augmix(img, g)
     assert view.shape == img.shape and 0 <= view.min() and view.max() <= 1
     assert not torch.equal(view, img)
-    assert torch.equal(tta.augmix(img, torch.Generator().manual_seed(0)), view)
+    assert torch.equal(tta_augmented.augmix(img, torch.Generator().manual_seed(0)), view)
     # every operation keeps pixels in place: a constant image stays constant
     flat = torch.full((3, 8, 8), 0.3)
     for _ in range(5):
-        v = tta.augmix(flat, g)
+        v = tta_augmented.augmix(flat, g)
         assert torch.allclose(v, v[:, :1, :1].expand_as(v))
 
 
@@ -247,7 +247,7 @@ class _FixedLogits(nn.Module):
 
 
 def test_pseudo_label_ignores_unconfident_pixels(model):
-    method = tta.PseudoLabel(model, tta.TTAConfig(threshold=0.9))
+    method = tta.PseudoLabel(model, tta_base.TTAConfig(threshold=0.9))
     logits = torch.tensor([4.0, -4.0, 0.5, -0.5, 2.0]).reshape(1, 1, 1, 5).repeat(1, 2, 1, 1)  # p = .98 .02 .62 .38 .88
     labels, mask = method.pseudo_labels(logits)
     assert mask[0, 0, 0].tolist() == [1, 1, 0, 0, 0]
@@ -261,13 +261,13 @@ def test_pseudo_label_ignores_unconfident_pixels(model):
 
 def test_augment_views_line_up_after_undo():
     x = torch.randn(2, 3, 8, 8)
-    views, undo = tta.augment(x, 4, jitter=0.0)
+    views, undo = tta_augmented.augment(x, 4, jitter=0.0)
     assert views.shape == (8, 3, 8, 8)
     assert torch.allclose(undo(views), x.expand(4, -1, -1, -1, -1))
 
 
 def test_mean_teacher_follows_the_student_by_ema_and_returns_the_teachers_views(model, shifted_batch):
-    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-2, ema_alpha=0.8, restore_prob=0.0, n_augmentations=4))
+    method = tta_augmented.MeanTeacher(model, tta_base.TTAConfig(lr=1e-2, ema_alpha=0.8, restore_prob=0.0, n_augmentations=4))
     source = [p.clone() for p in method.teacher.parameters()]
     teacher_before = copy.deepcopy(method.teacher)
     state = method.generator.get_state()
@@ -283,7 +283,7 @@ def test_mean_teacher_follows_the_student_by_ema_and_returns_the_teachers_views(
 
 
 def test_mean_teacher_stochastic_restore_returns_weights_to_the_source(model, shifted_batch):
-    method = tta.MeanTeacher(model, tta.TTAConfig(lr=1e-1, restore_prob=1.0, n_augmentations=4))
+    method = tta_augmented.MeanTeacher(model, tta_base.TTAConfig(lr=1e-1, restore_prob=1.0, n_augmentations=4))
     method.adapt(shifted_batch)
     for p, p0 in zip(method.model.parameters(), method.source.parameters()):
         assert torch.equal(p, p0)
@@ -291,9 +291,9 @@ def test_mean_teacher_stochastic_restore_returns_weights_to_the_source(model, sh
 
 def test_config_errors_say_what_to_fix():
     with pytest.raises(ValueError, match="threshold"):
-        tta.TTAConfig(threshold=0.3)
+        tta_base.TTAConfig(threshold=0.3)
     with pytest.raises(ValueError, match="params"):
-        tta.TTAConfig(params="some")
+        tta_base.TTAConfig(params="some")
     with pytest.raises(ValueError, match="BatchNorm"):
         tta.Tent(nn.Conv2d(3, 2, 1))
 

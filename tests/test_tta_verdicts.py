@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mfmda_lib.adapt import tta
+from mfmda_lib.adapt import tta, tta_base
 from mfmda_lib.adapt import tta_benchmark as tb
 from mfmda_lib.adapt import tta_source as ts
 from mfmda_lib.adapt import tta_verdicts as tv
@@ -14,7 +14,7 @@ from mfmda_lib.profiles import get_profile
 def _run(profile):
     """Train the seeds' source models and run every method (plus a multi-step Tent) on them."""
     models = {s: m for s, (m, _) in ts.source_models(profile, progress=False).items()}
-    config = tta.TTAConfig(n_augmentations=profile.tta_views)
+    config = tta_base.TTAConfig(n_augmentations=profile.tta_views)
     methods = {name: (cls, config) for name, cls in tta.TTA_METHODS.items()}
     methods["tent (2 steps)"] = (tta.Tent, replace(config, steps=2))
     result = tb.run_tta_benchmark(profile, models, methods, progress=False)

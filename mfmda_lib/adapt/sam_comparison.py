@@ -20,14 +20,17 @@ import pandas as pd
 import torch
 
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
-from ..evaluation import stats
-from ..evaluation.metrics import per_domain_table, segmentation_scores
+from ..environment import paths
+from ..evaluation import comparisons, stats
+from ..evaluation.metrics import segmentation_scores
+from ..evaluation.tables import per_domain_table
 from ..models import EmbeddingCache, PromptableSegmenter, embed
-from ..profiles import Profile, paths
+from ..profiles import Profile
 from ..train import History, count_parameters
 from .decoder_adapter import DecoderAdapterConfig, adapter_parameters, inject
-from .sam_tuning import (LoraConfigLite, PeakMemory, PromptSet, SingleImageTTA, TrainConfig, TTAConfig,
-                         configure_full_decoder, inject_encoder_lora, prompt_set, train_decoder, train_encoder_lora)
+from .sam_lora import LoraConfigLite, inject_encoder_lora, train_encoder_lora
+from .sam_tuning import (PeakMemory, PromptSet, SingleImageTTA, TTAConfig, TrainConfig, configure_full_decoder,
+                         prompt_set, train_decoder)
 
 __all__ = ["ComparisonConfig", "ComparisonResult", "predict", "score_rows", "run_comparison", "history_seconds"]
 
@@ -122,10 +125,10 @@ class ComparisonResult:
     def verdicts(self, pairs: Sequence[tuple[str, str]], metrics: Sequence[str] = ("disc_dice", "cup_dice"), *,
                  per_domain: bool = False) -> pd.DataFrame:
         """Paired ``method - baseline`` differences over the target images pooled (or each target domain),
-        with 95% intervals over seeds and images: :func:`mfmda_lib.evaluation.stats.compare_table`."""
+        with 95% intervals over seeds and images: :func:`mfmda_lib.evaluation.comparisons.compare_table`."""
         if per_domain:
-            return stats.compare_within(self.rows, metrics, pairs, values=list(TARGET_DOMAINS))
-        return stats.compare_table(self.rows, metrics, pairs)
+            return comparisons.compare_within(self.rows, metrics, pairs, values=list(TARGET_DOMAINS))
+        return comparisons.compare_table(self.rows, metrics, pairs)
 
     def cost_table(self) -> pd.DataFrame:
         """Costs per method (index ``method``)."""

@@ -1,7 +1,7 @@
 """The test-time adaptation benchmark of notebook 06: three regimes, forgetting, seeds.
 
 1. :mod:`mfmda_lib.adapt.tta_source` trains the source models (one per seed).
-2. :func:`run_regime` streams target batches through one :class:`~mfmda_lib.adapt.tta.TTAMethod`:
+2. :func:`run_regime` streams target batches through one :class:`~mfmda_lib.adapt.tta_base.TTAMethod`:
 
    - ``episodic``: ``reset()`` before every batch (each batch adapted from the source model);
    - ``online``: ``reset()`` at the start of each domain, then keep adapting within it;
@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples, normalised_tensors
 from ..evaluation import dice, per_domain_table, vcdr_error
 from ..profiles import Profile
-from .tta import TTAConfig, TTAMethod
+from .tta_base import TTAConfig, TTAMethod
 
 __all__ = ["masks_from_logits", "score_logits", "REGIMES", "run_regime", "forgetting", "TTAData",
            "tta_data", "TTAResult", "run_tta_benchmark", "settings_table"]

@@ -20,10 +20,11 @@ from typing import Sequence
 import torch
 
 from ..data import PIXEL_STD, SOURCE_DOMAIN, FundusSample, benchmark_samples, normalised_tensors
+from ..environment import paths, seed_everything
 from ..io import atomic_write
 from ..losses import dice_bce_loss, soft_dice
 from ..models.unet import UNet, UNetConfig
-from ..profiles import Profile, paths, seed_everything
+from ..profiles import Profile
 from ..train import FitConfig, fit
 
 __all__ = ["SourceTrainConfig", "train_source_model", "source_model", "seeds_of", "source_models"]

@@ -2,7 +2,7 @@
 
 Every statement notebook 06 makes about a test-time method is one line of :func:`tta_verdicts`:
 a paired difference ``A - B`` of per-image Dice (same seed, same image), its 95% interval from
-:func:`mfmda_lib.evaluation.stats.comparison_table` (seeds and images resampled), and the word
+:func:`mfmda_lib.evaluation.comparisons.comparison_table` (seeds and images resampled), and the word
 ``better`` / ``worse`` only when that interval excludes 0 (else ``no difference measured``).
 
 ==================  ===========================================================================
@@ -27,7 +27,8 @@ from typing import Sequence
 import pandas as pd
 
 from ..data import TARGET_DOMAINS
-from ..evaluation.stats import NO_DIFFERENCE, comparison_table
+from ..evaluation.comparisons import comparison_table
+from ..evaluation.stats import NO_DIFFERENCE
 from .tta import TTA_METHODS
 
 __all__ = ["QUESTIONS", "tta_comparisons", "tta_verdicts", "verdict_lines", "headline_verdict", "verdict_frame"]
@@ -71,7 +72,7 @@ def tta_comparisons(methods: Sequence[str], settings: Sequence[str], *, variants
         domains: the target hospitals of the ``per hospital`` question.
 
     Returns:
-        Specs for :func:`mfmda_lib.evaluation.stats.comparison_table` (label keys ``question`` and
+        Specs for :func:`mfmda_lib.evaluation.comparisons.comparison_table` (label keys ``question`` and
         ``method_of``, the method a line is about).
     """
     variants = dict(variants or {})

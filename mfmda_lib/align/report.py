@@ -16,9 +16,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..evaluation.metrics import _markdown
 from ..evaluation.reporting import load_result
 from ..evaluation.stats import NO_DIFFERENCE, compare
+from ..evaluation.tables import _markdown
 
 __all__ = ["GAP_GOAL", "ALIGN_LR_RESULTS", "headline_markdown", "verdict_lines", "alignment_log", "saved_align_lr"]
 
@@ -33,7 +33,7 @@ def _ci(v: float, lo: float, hi: float, digits: int = 3, sign: str = "") -> str:
 
 
 def headline_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
-    """The :meth:`~mfmda_lib.align.experiment.Stage2Result.headline` table as Markdown."""
+    """The :meth:`~mfmda_lib.align.result.Stage2Result.headline` table as Markdown."""
     header = ["method", "seeds", "disc Dice", "cup Dice", "mean Dice", "gap closed"]
     body = []
     for m, r in table.iterrows():
@@ -45,14 +45,14 @@ def headline_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None)
 
 def verdict_lines(result, method: str = "mfmda", baselines: Sequence[str] | None = None, *,
                   n_resamples: int = 2000) -> list[str]:
-    """Sentences computed from a :class:`~mfmda_lib.align.experiment.Stage2Result`.
+    """Sentences computed from a :class:`~mfmda_lib.align.result.Stage2Result`.
 
     Args:
         result: the stage-2 result (rows with ``dice``, ``seed``, ``method``).
         method: the method under test.
         baselines: what it must beat (default: the unsupervised baselines present).
     """
-    from .experiment import UNSUPERVISED_BASELINES
+    from .methods import UNSUPERVISED_BASELINES
 
     rows = [r for r in result.rows if r["domain"] in result.targets and "dice" in r]
     present = {r["method"] for r in rows}

@@ -1,10 +1,11 @@
 """Fundus data: one sample format, the synthetic benchmark, sample selection, tensors, and loaders for real datasets."""
+from .benchmark import benchmark_dir, generate_benchmark, load_benchmark
 from .dataset import MASK_READERS, FundusDataset, SampleRef, group_by_domain, load_folder_domain
+from .domains import DOMAINS, SEVERITY_STEPS, SOURCE_DOMAIN, TARGET_DOMAINS, DomainStyle, style_at, style_table
 from .real import LOADERS, load_dataset
 from .sample import GLAUCOMA_SUSPECT_VCDR, FundusSample, mask_box, vertical_cdr
 from .selection import benchmark_samples, prepare_benchmark
-from .synthetic import (DOMAINS, SEVERITY_STEPS, SOURCE_DOMAIN, TARGET_DOMAINS, DomainStyle, benchmark_dir,
-                        generate_benchmark, generate_sample, load_benchmark, style_at, style_table)
+from .synthetic import generate_sample
 from .tensors import PIXEL_MEAN, PIXEL_STD, normalised_tensors
 
 __all__ = [

@@ -32,8 +32,9 @@ from scipy.special import expit
 
 from ..io import atomic_write, save_png
 from . import retina
+from .domains import DOMAINS, SOURCE_DOMAIN, style_at
 from .sample import GLAUCOMA_SUSPECT_VCDR, FundusSample, encode_label_map, vertical_cdr
-from .synthetic import DOMAINS, SOURCE_DOMAIN, _rng, _sample_anatomy, camera, style_at
+from .synthetic import _rng, _sample_anatomy, camera
 
 __all__ = ["FundusPhoto", "generate_photo", "photo_roi_sample", "write_photo_folder", "DISC_FRACTION"]
 
@@ -52,7 +53,7 @@ class FundusPhoto:
     Attributes:
         image: ``(H, W, 3)`` uint8 RGB.
         disc, cup: ``(H, W)`` bool masks in full-image coordinates.
-        domain: the camera (a key of :data:`~mfmda_lib.data.synthetic.DOMAINS`).
+        domain: the camera (a key of :data:`~mfmda_lib.data.domains.DOMAINS`).
         photo_id: ``<domain>_<split>_<index>``.
         eye: ``"right"`` (disc right of the macula) or ``"left"``.
         disc_center: ``(x, y)`` of the disc outline's centre, pixels.
@@ -97,6 +98,22 @@ def _level_near(ellipse, xx: np.ndarray, yy: np.ndarray, reach: float = 4.0) -> 
     if x1 > x0 and y1 > y0:
         out[y0:y1, x0:x1] = np.minimum(ellipse.level(xx[y0:y1, x0:x1], yy[y0:y1, x0:x1]), reach)
     return out
+
+
+def _paint_disc(rgb: np.ndarray, rng: np.random.Generator, disc, cup, disc_level: np.ndarray, cup_level: np.ndarray,
+                disc_d: float, pallor: float, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint the disc over the ``(H, W, 3)`` retina: peripapillary glow, rim colour with pallor, pale cup.
+
+    Returns the image and the disc's and cup's opacities ``(H, W, 1)`` (soft edges around level set 1).
+    """
+    edge = max(disc_d / 64, 0.5)
+    disc_alpha = expit((1 - disc_level) * disc.rx / edge)[..., None]
+    cup_alpha = expit((1 - cup_level) * cup.rx / (1.6 * edge))[..., None]
+    rgb = rgb * (1 + 0.10 * np.exp(-((disc_level / 1.6) ** 2))[..., None])
+    rim = retina.disc_colours(rng, disc_level, xx, (disc.cx, disc.cy), disc_d, pallor, temporal=-1.0)
+    rgb = rgb * (1 - disc_alpha) + rim * disc_alpha
+    rgb = rgb * (1 - cup_alpha) + _CUP_RGB * rng.normal(1.0, 0.02, 3) * cup_alpha
+    return rgb, disc_alpha, cup_alpha
 
 
 def generate_photo(domain: str, index: int, *, split: str = "test", width: int = 1024, severity: float = 1.0,
@@ -147,13 +164,7 @@ def generate_photo(domain: str, index: int, *, split: str = "test", width: int =
 
     # disc: peripapillary glow, rim colour with pallor, pale cup (soft edges; level set 1 is the mask outline)
     disc_level, cup_level = _level_near(disc, xx, yy), _level_near(cup, xx, yy)
-    edge = max(disc_d / 64, 0.5)
-    disc_alpha = expit((1 - disc_level) * disc.rx / edge)[..., None]
-    cup_alpha = expit((1 - cup_level) * cup.rx / (1.6 * edge))[..., None]
-    rgb = rgb * (1 + 0.10 * np.exp(-((disc_level / 1.6) ** 2))[..., None])
-    rim = retina.disc_colours(rng, disc_level, xx, (disc.cx, disc.cy), disc_d, pallor, temporal=-1.0)
-    rgb = rgb * (1 - disc_alpha) + rim * disc_alpha
-    rgb = rgb * (1 - cup_alpha) + _CUP_RGB * rng.normal(1.0, 0.02, 3) * cup_alpha
+    rgb, disc_alpha, cup_alpha = _paint_disc(rgb, rng, disc, cup, disc_level, cup_level, disc_d, pallor, xx)
 
     # vessels on top, fainter on the disc and cup; the arteries' central reflex
     vessels = retina.vessel_tree(rng, (h, w), (disc.cx, disc.cy), disc_d, tuple(fovea), tortuosity)

@@ -5,6 +5,7 @@ Every loader walks one released layout, pairs each image with its masks and retu
 Folder names are matched case-insensitively, and a release that was unzipped one folder
 deeper than expected (``REFUGE-Training400/Training400/...``) is still found. What each
 loader assumes about its layout, and how sure we are, is written in its docstring.
+The folder lookup, the image/mask pairing and the mask readers are in :mod:`.real_files`.
 
 ===================  ==============================  =========================================
 name                 domains                         mask encoding on disk
@@ -22,168 +23,16 @@ import csv
 import re
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-import numpy as np
-
-from ..io import DataError, read_mask
-from .dataset import IMAGE_SUFFIXES, MASK_READERS, FundusDataset, SampleRef
+from ..io import DataError
+from .dataset import FundusDataset, SampleRef
+from .real_files import (canonical_split, child_dir, find_dir, glaucoma_from_folder, image_files, index_by_stem,
+                         is_visible, make_dataset)
 
 __all__ = [
-    "load_refuge",
-    "load_riga_plus",
-    "load_drishti_gs",
-    "load_rim_one_dl",
-    "load_dataset",
-    "LOADERS",
-    "RIGA_SUBSETS",
-    "SOFT_MAP_THRESHOLD",
+    "load_refuge", "load_riga_plus", "load_drishti_gs", "load_rim_one_dl", "load_dataset", "LOADERS", "RIGA_SUBSETS",
 ]
-
-#: Drishti-GS soft maps hold the fraction of experts marking a pixel; a pixel is in when >= this.
-SOFT_MAP_THRESHOLD = 0.5
-#: Grey levels within this distance of an expected value count as that value (JPEG / resize softening).
-_TOLERANCE = 32
-#: Largest share of pixels allowed to hold an unexpected value before a mask is rejected.
-_MAX_UNKNOWN = 0.01
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers: tolerant folder lookup and image/mask pairing
-# ---------------------------------------------------------------------------------------------
-
-def _visible(path: Path | str) -> bool:
-    """False for macOS litter (``._x.jpg``, ``__MACOSX``) and other hidden entries."""
-    name = Path(path).name
-    return not name.startswith(".") and name != "__MACOSX"
-
-
-def _child(folder: Path | None, *names: str) -> Path | None:
-    """The sub-folder of ``folder`` named like one of ``names`` (case-insensitive), else None."""
-    if folder is None or not folder.is_dir():
-        return None
-    children = {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and _visible(p)}
-    return next((children[n.lower()] for n in names if n.lower() in children), None)
-
-
-def _find_dir(root: Path, names: Sequence[str], depth: int = 2) -> Path | None:
-    """Breadth-first search for a folder named like one of ``names``, at most ``depth`` levels below ``root``."""
-    level = [root] if root.is_dir() else []
-    for step in range(depth):
-        for folder in level:
-            found = _child(folder, *names)
-            if found is not None:
-                return found
-        if step + 1 < depth:
-            level = [c for f in level for c in sorted(f.iterdir()) if c.is_dir() and _visible(c)]
-    return None
-
-
-def _images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (and below it if ``recursive``), sorted by path."""
-    pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and all(_visible(q) for q in p.relative_to(folder).parts))
-
-
-def _index_by_stem(folder: Path) -> dict[str, Path]:
-    """Every image file below ``folder`` keyed by its lower-case stem; a stem found twice is an error."""
-    index: dict[str, Path] = {}
-    for path in _images(folder, recursive=True):
-        key = path.stem.lower()
-        if key in index:
-            raise DataError(f"two masks share the name {path.stem!r}: {index[key]} and {path}")
-        index[key] = path
-    return index
-
-
-def _canonical_split(split: str, aliases: dict[str, str], dataset: str) -> str:
-    """Map ``split`` through ``aliases`` (``"training"`` -> ``"train"``); ValueError lists the valid names."""
-    key = str(split).lower()
-    if key not in aliases:
-        raise ValueError(f"{dataset} has no split {split!r}; use one of {sorted(set(aliases.values()))}")
-    return aliases[key]
-
-
-def _glaucoma_from_folder(*paths: Path) -> int | None:
-    """1 / 0 when a parent folder says Glaucoma / Non-Glaucoma (G / N, glaucoma / normal), else None."""
-    labels = {"glaucoma": 1, "g": 1, "non-glaucoma": 0, "n": 0, "normal": 0}
-    for path in paths:
-        label = labels.get(path.parent.name.lower())
-        if label is not None:
-            return label
-    return None
-
-
-def _dataset(refs: list[SampleRef], name: str, image_dir: Path) -> FundusDataset:
-    if not refs:
-        raise DataError(f"no images found in {image_dir}")
-    return FundusDataset(refs, name)
-
-
-# ---------------------------------------------------------------------------------------------
-# mask readers registered in MASK_READERS: (mask_paths) -> (disc, cup) bool (H, W)
-# ---------------------------------------------------------------------------------------------
-
-def _check_values(mask: np.ndarray, expected: Sequence[int], source: Path, meaning: str) -> None:
-    """DataError naming ``source`` if more than 1 % of pixels are far from every ``expected`` value."""
-    known = np.zeros(mask.shape, dtype=bool)
-    for value in expected:
-        known |= np.abs(mask.astype(np.int16) - value) <= _TOLERANCE
-    if (~known).mean() > _MAX_UNKNOWN:
-        values = np.unique(mask[~known])[:8].tolist()
-        raise DataError(f"mask {source} has unexpected values {values}: expected {meaning}")
-
-
-def _same_size(masks: Sequence[np.ndarray], paths: Sequence[Path]) -> None:
-    for mask, path in zip(masks[1:], paths[1:]):
-        if mask.shape != masks[0].shape:
-            raise DataError(f"mask {path} has size {mask.shape} but mask {paths[0]} has size {masks[0].shape}")
-
-
-def _read_binary_pair(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Two strictly binary masks ``(disc, cup)`` stored as 0 / 255 (or 0 / 1); RIM-ONE DL."""
-    masks = []
-    for path in paths[:2]:
-        m = read_mask(path)
-        if m.max() <= 1:
-            m = m * 255
-        _check_values(m, (0, 255), path, "0 (outside) and 255 (inside)")
-        masks.append(m >= 128)
-    _same_size(masks, paths)
-    disc, cup = masks
-    return disc | cup, cup
-
-
-def _read_soft_pair(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Two soft maps ``(disc, cup)`` in 0..255 (share of experts); cut at :data:`SOFT_MAP_THRESHOLD`."""
-    masks = [read_mask(path).astype(np.float32) / 255.0 >= SOFT_MAP_THRESHOLD for path in paths[:2]]
-    _same_size(masks, paths)
-    disc, cup = masks
-    return disc | cup, cup
-
-
-def _read_riga_vote(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """One RIGA+ map per rater (0 background, 128 cup, 255 rim); a pixel is in when at least half agree."""
-    discs, cups = [], []
-    for path in paths:
-        m = read_mask(path)
-        _check_values(m, (0, 128, 255), path, "0 (background), 128 (cup), 255 (rim)")
-        cup = np.abs(m.astype(np.int16) - 128) <= _TOLERANCE
-        discs.append(cup | (m >= 255 - _TOLERANCE))
-        cups.append(cup)
-    _same_size(discs, paths)
-    n = len(paths)
-    disc = np.sum(discs, axis=0) * 2 >= n   # (H, W) votes -> majority
-    cup = np.sum(cups, axis=0) * 2 >= n
-    return disc | cup, cup
-
-
-MASK_READERS.update({
-    "binary_pair": _read_binary_pair,
-    "soft_pair": _read_soft_pair,
-    "riga_vote": _read_riga_vote,
-})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,31 +76,31 @@ def load_refuge(root: str | Path, split: str = "train") -> FundusDataset:
         image without a mask.
     """
     root = Path(root)
-    split = _canonical_split(split, _REFUGE_SPLITS, "REFUGE")
-    flat = _child(_child(root, *_REFUGE_FLAT[split]), "Images", "Image", "imgs")
+    split = canonical_split(split, _REFUGE_SPLITS, "REFUGE")
+    flat = child_dir(child_dir(root, *_REFUGE_FLAT[split]), "Images", "Image", "imgs")
     if flat is not None:
-        image_dir, mask_dir = flat, _child(flat.parent, "Masks", "Mask", "GT")
+        image_dir, mask_dir = flat, child_dir(flat.parent, "Masks", "Mask", "GT")
         expected_masks = flat.parent / "Masks"
     else:
         image_names, gt_names = _REFUGE_OFFICIAL[split]
-        image_dir = _find_dir(root, image_names)
+        image_dir = find_dir(root, image_names)
         if image_dir is None:
             raise DataError(f"REFUGE {split} images not found: expected a folder {image_names[0]!r} up to two "
                             f"levels below {root}, or {root / _REFUGE_FLAT[split][0] / 'Images'}")
-        gt_dir = _find_dir(root, gt_names)
-        mask_dir = _find_dir(gt_dir, ("Disc_Cup_Masks",)) if gt_dir is not None else None
+        gt_dir = find_dir(root, gt_names)
+        mask_dir = find_dir(gt_dir, ("Disc_Cup_Masks",)) if gt_dir is not None else None
         expected_masks = (gt_dir or root / gt_names[0]) / "Disc_Cup_Masks"
     if mask_dir is None:
         raise DataError(f"REFUGE {split} masks not found: expected the folder {expected_masks}")
-    masks = _index_by_stem(mask_dir)
+    masks = index_by_stem(mask_dir)
     refs = []
-    for image in _images(image_dir, recursive=True):
+    for image in image_files(image_dir, recursive=True):
         mask = masks.get(image.stem.lower())
         if mask is None:
             raise DataError(f"no mask for image {image}: expected {mask_dir / image.stem}.bmp (or .png)")
         refs.append(SampleRef(image, (mask,), f"refuge_{split}", image.stem, "labelmap",
-                              _glaucoma_from_folder(image, mask), {"split": split}))
-    return _dataset(refs, f"refuge/{split}", image_dir)
+                              glaucoma_from_folder(image, mask), {"split": split}))
+    return make_dataset(refs, f"refuge/{split}", image_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +136,7 @@ def _riga_base(root: Path) -> Path:
     """The folder holding the RIGA+ CSV files: ``root`` or one of its sub-folders (``RIGAPlus/``)."""
     if not root.is_dir() or any(root.glob("*_train.csv")):
         return root
-    holders = [c for c in sorted(root.iterdir()) if c.is_dir() and _visible(c) and any(c.glob("*_train.csv"))]
+    holders = [c for c in sorted(root.iterdir()) if c.is_dir() and is_visible(c) and any(c.glob("*_train.csv"))]
     return holders[0] if holders else root
 
 
@@ -320,7 +169,7 @@ def load_riga_plus(root: str | Path, split: str = "train", subsets: Iterable[str
         ``riga_messidor`` (the MESSIDOR base is in ``meta["subset"]``).
     """
     root = Path(root)
-    split = _canonical_split(split, _RIGA_SPLITS, "RIGA+")
+    split = canonical_split(split, _RIGA_SPLITS, "RIGA+")
     subsets = list(RIGA_SUBSETS) if subsets is None else list(subsets)
     unknown = [s for s in subsets if s not in RIGA_SUBSETS]
     if unknown:
@@ -346,7 +195,7 @@ def load_riga_plus(root: str | Path, split: str = "train", subsets: Iterable[str
             sample_id = "/".join(Path(row["image"].strip()).with_suffix("").parts[-3:])
             refs.append(SampleRef(image, masks, RIGA_SUBSETS[subset], sample_id, "riga_vote", None,
                                   {"subset": subset, "split": split, "raters": len(masks)}))
-    return _dataset(refs, f"riga_plus/{split}", base)
+    return make_dataset(refs, f"riga_plus/{split}", base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +210,7 @@ def _soft_map(folder: Path | None, stem: str, structure: str) -> Path | None:
     if folder is None:
         return None
     want = f"{stem}_{structure}segsoftmap".lower()
-    return next((p for p in _images(folder) if p.stem.lower() == want), None)
+    return next((p for p in image_files(folder) if p.stem.lower() == want), None)
 
 
 def load_drishti_gs(root: str | Path, split: str = "train") -> FundusDataset:
@@ -384,26 +233,26 @@ def load_drishti_gs(root: str | Path, split: str = "train") -> FundusDataset:
         split: ``"train"`` or ``"test"``; the domain is ``drishti_gs``.
     """
     root = Path(root)
-    folder = _canonical_split(split, _DRISHTI_SPLITS, "Drishti-GS1")
-    split_dir = _find_dir(root, (folder,), depth=3)
-    image_dir = _child(split_dir, "Images")
+    folder = canonical_split(split, _DRISHTI_SPLITS, "Drishti-GS1")
+    split_dir = find_dir(root, (folder,), depth=3)
+    image_dir = child_dir(split_dir, "Images")
     if image_dir is None:
         raise DataError(f"Drishti-GS1 {split} images not found: "
                         f"expected {root / 'Drishti-GS1_files' / folder / 'Images'}")
-    gt_dir = _child(split_dir, "GT", "Test_GT", f"{folder}_GT")
+    gt_dir = child_dir(split_dir, "GT", "Test_GT", f"{folder}_GT")
     if gt_dir is None:
         expected = split_dir / ("GT" if folder == "Training" else "Test_GT")
         raise DataError(f"Drishti-GS1 {split} ground truth not found: expected {expected}")
     refs = []
-    for image in _images(image_dir):
-        soft = _child(_child(gt_dir, image.stem), "SoftMap")
+    for image in image_files(image_dir):
+        soft = child_dir(child_dir(gt_dir, image.stem), "SoftMap")
         disc, cup = _soft_map(soft, image.stem, "OD"), _soft_map(soft, image.stem, "cup")
         if disc is None or cup is None:
             where = gt_dir / image.stem / "SoftMap" / f"{image.stem}_{'OD' if disc is None else 'cup'}segSoftmap.png"
             raise DataError(f"no mask for image {image}: expected {where}")
         refs.append(SampleRef(image, (disc, cup), "drishti_gs", image.stem, "soft_pair", None,
                               {"split": folder.lower()}))
-    return _dataset(refs, f"drishti_gs/{folder.lower()}", image_dir)
+    return make_dataset(refs, f"drishti_gs/{folder.lower()}", image_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,34 +285,34 @@ def load_rim_one_dl(root: str | Path, split: str = "train", partition: str = "by
         partition: ``"by_hospital"`` (default) or ``"randomly"``.
     """
     root = Path(root)
-    split_folder = _canonical_split(split, _RIM_ONE_SPLITS, "RIM-ONE DL")
+    split_folder = canonical_split(split, _RIM_ONE_SPLITS, "RIM-ONE DL")
     if partition not in _RIM_ONE_PARTITIONS:
         raise ValueError(f"RIM-ONE DL partition must be one of {sorted(_RIM_ONE_PARTITIONS)}, got {partition!r}")
     partition_name = _RIM_ONE_PARTITIONS[partition]
-    split_dir = _child(_find_dir(root, (partition_name,), depth=3), split_folder)
+    split_dir = child_dir(find_dir(root, (partition_name,), depth=3), split_folder)
     if split_dir is None:
         raise DataError(f"RIM-ONE DL {split} folder not found: expected "
                         f"{root / 'RIM-ONE_DL_images' / partition_name / split_folder}")
-    seg_root = _find_dir(root, ("RIM-ONE_DL_reference_segmentations", "reference_segmentations"), depth=3)
+    seg_root = find_dir(root, ("RIM-ONE_DL_reference_segmentations", "reference_segmentations"), depth=3)
     if seg_root is None:
         raise DataError(f"RIM-ONE DL reference segmentations not found: "
                         f"expected {root / 'RIM-ONE_DL_reference_segmentations'}")
     masks: dict[str, dict[str, Path]] = {}
-    for path in _images(seg_root, recursive=True):
+    for path in image_files(seg_root, recursive=True):
         match = _RIM_ONE_MASK.fullmatch(path.stem)
         if match:
             masks.setdefault(match["stem"].lower(), {})[match["structure"].lower()] = path
     refs = []
-    for class_dir in (c for c in (_child(split_dir, "glaucoma"), _child(split_dir, "normal")) if c is not None):
-        for image in _images(class_dir):
+    for class_dir in (c for c in (child_dir(split_dir, "glaucoma"), child_dir(split_dir, "normal")) if c is not None):
+        for image in image_files(class_dir):
             pair = masks.get(image.stem.lower(), {})
             if "disc" not in pair or "cup" not in pair:
                 missing = "Disc" if "disc" not in pair else "Cup"
                 raise DataError(f"no mask for image {image}: expected "
                                 f"{seg_root / class_dir.name / f'{image.stem}-1-{missing}-T.png'}")
             refs.append(SampleRef(image, (pair["disc"], pair["cup"]), "rim_one_dl", image.stem, "binary_pair",
-                                  _glaucoma_from_folder(image), {"split": split, "partition": partition_name}))
-    return _dataset(refs, f"rim_one_dl/{split}", split_dir)
+                                  glaucoma_from_folder(image), {"split": split, "partition": partition_name}))
+    return make_dataset(refs, f"rim_one_dl/{split}", split_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..profiles import Profile, paths
+from ..environment import paths
+from ..profiles import Profile
+from .benchmark import generate_benchmark, load_benchmark
 from .sample import FundusSample
-from .synthetic import generate_benchmark, load_benchmark
 
 __all__ = ["prepare_benchmark", "benchmark_samples"]
 

@@ -106,6 +106,30 @@ def _uniform_t(lo: int, hi: int, n: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(lo, hi, (n,), generator=g)
 
 
+@torch.no_grad()
+def _encoded(encoder: FrozenFeatureEncoder, x_source: torch.Tensor, x_target: torch.Tensor, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``f`` of the source ``(N, D)`` and target images ``(K, D)``, and the target's mean Gram matrix per layer."""
+    f_source = encoder.encode(x_source)  # (N, D)
+    f_target = encoder.encode(x_target)  # (K, D)
+    pyramids = [encoder.feature_pyramid(x_target[i:i + 8].to(device)) for i in range(0, len(x_target), 8)]
+    target_gram = [gram_matrix(torch.cat(layer)).mean(0) for layer in zip(*pyramids)]  # per layer (C_l, C_l)
+    return f_source, f_target, target_gram
+
+
+def _prepared(model: ContentConditionedUNet, diaa: DIAA | None, config: Stage1Config, accelerator: Accelerator
+              ) -> tuple[ContentConditionedUNet, DIAA | None, torch.optim.Optimizer]:
+    """The U-Net, fusion and DIAA made trainable, one Adam over them, all prepared by ``accelerator``."""
+    model.unet.requires_grad_(True)
+    model.fusion.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad] + (list(diaa.parameters()) if diaa else [])
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    if diaa is not None:
+        return accelerator.prepare(model, diaa, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, None, optimizer
+
+
 def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch.Tensor,
           encoder: FrozenFeatureEncoder, alpha_bar: torch.Tensor, config: Stage1Config, *,
           accelerator: Accelerator | None = None, checkpoint: str | Path | None = None,
@@ -130,24 +154,12 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
     device = accelerator.device
     encoder = encoder.to(device)
     T = len(alpha_bar)
-    with torch.no_grad():
-        f_source = encoder.encode(x_source)  # (N, D)
-        f_target = encoder.encode(x_target)  # (K, D)
-        pyramids = [encoder.feature_pyramid(x_target[i:i + 8].to(device)) for i in range(0, len(x_target), 8)]
-        target_gram = [gram_matrix(torch.cat(layer)).mean(0) for layer in zip(*pyramids)]  # per layer (C_l, C_l)
+    f_source, f_target, target_gram = _encoded(encoder, x_source, x_target, device)
     c_source, c_target = f_source.mean(0), f_target.mean(0)  # (D,)
     diaa = DIAA(c_source, c_target) if config.variant == "mfmda" else None
     delta_static = (c_target - c_source).to(device)
     f_source, target_gram = f_source.to(device), [g.to(device) for g in target_gram]
-
-    model.unet.requires_grad_(True)
-    model.fusion.requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad] + (list(diaa.parameters()) if diaa else [])
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
-    if diaa is not None:
-        model, diaa, optimizer = accelerator.prepare(model, diaa, optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
+    model, diaa, optimizer = _prepared(model, diaa, config, accelerator)
     plain = accelerator.unwrap_model(model)
     B = config.batch_size
 

@@ -39,11 +39,19 @@ from .checkpoint import read_sidecar
 from .source import load_source_ddpm, source_ddpm_path
 from .stage1 import feature_encoder, sources_to_translate, stage1_dir, target_samples, translate_config, translated_source
 from .translate import to_full_resolution
+from ..evaluation.reporting import load_result
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
-           "translation_ceiling", "CEILING_ROWS"]
+           "translation_ceiling", "CEILING_ROWS", "score_translations", "GAP_LEFT_MAX", "DISC_DICE_MIN",
+           "STAGE1_TARGETS_RESULT", "saved_stage1_targets", "stage1_target_lines"]
 
 SOURCE_ROW = "source (untranslated)"
+
+#: issue 12's bar for stage 1 (the kit's, not the paper's): on every target the translations leave at most this
+#: share of the held-out feature gap and keep box-prompted LiteMedSAM disc Dice at least that
+GAP_LEFT_MAX, DISC_DICE_MIN = 0.7, 0.85
+#: the saved result of ``benchmarks/stage1_targets.py`` (``results/<name>_<profile>.json``)
+STAGE1_TARGETS_RESULT = "mfmda_stage1_targets"
 
 
 @dataclass
@@ -115,6 +123,32 @@ def gap_meter(profile: Profile, target_domain: str, segmenter, cache=None):
     return lambda images: float(np.linalg.norm(embed(images) - centre)) / gap_source
 
 
+def score_translations(profile: Profile, target_domain: str, candidates: dict[str, Sequence[np.ndarray]], *,
+                       segmenter=None, cache=None) -> pd.DataFrame:
+    """Score images that stand in for the source training images on one target, the held-out way.
+
+    Args:
+        candidates: name -> one image per source training image (:func:`~.stage1.sources_to_translate`
+            order; only the first ``stage1_eval_images`` are scored), e.g. stage 1's translations and a
+            baseline's output from the same K target images.
+
+    Returns:
+        Index :data:`SOURCE_ROW` (the untranslated source: ``gap_left`` 1 by definition) then the candidates;
+        columns ``gap_left`` (:func:`gap_meter`, a feature no stage-1 loss uses) and ``disc_dice``,
+        ``cup_dice`` (structure kept: :func:`~.metrics.structure_preservation`).
+    """
+    if segmenter is None:
+        segmenter, cache = model_and_cache("litemedsam")
+    sources = sources_to_translate(profile)[:profile.stage1_eval_images]
+    gap = gap_meter(profile, target_domain, segmenter, cache)
+    rows = []
+    for name, images in {SOURCE_ROW: [s.image for s in sources], **candidates}.items():
+        images = list(images)[:len(sources)]
+        rows.append({"method": name, "gap_left": gap(images),
+                     **structure_preservation(segmenter, sources, images, cache, batch_size=profile.encoder_batch_size)})
+    return pd.DataFrame(rows).set_index("method")
+
+
 #: rows of :func:`translation_ceiling`
 CEILING_ROWS = ("oracle camera, full resolution", "oracle camera through the DDPM's resolution")
 
@@ -140,12 +174,9 @@ def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None,
     size = profile.ddpm_image_size
     squeezed = to_full_resolution([s.image for s in sources], to_signed_tensor(oracle, size),
                                   translate_config(profile).change_low_pass)
-    gap = gap_meter(profile, target_domain, segmenter, cache)
-    rows = []
-    for name, images in zip(CEILING_ROWS, (oracle, squeezed)):
-        rows.append({"row": name, "gap_left": gap(images),
-                     **structure_preservation(segmenter, sources, images, cache, batch_size=profile.encoder_batch_size)})
-    return pd.DataFrame(rows).set_index("row")
+    table = score_translations(profile, target_domain, dict(zip(CEILING_ROWS, (oracle, squeezed))),
+                               segmenter=segmenter, cache=cache)
+    return table.drop(index=SOURCE_ROW).rename_axis("row")
 
 
 def compare_variants(profile: Profile, target_domain: str, variants: Sequence[str] = VARIANTS, *,
@@ -194,3 +225,33 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
     table = pd.DataFrame(rows).set_index("method")
     histories = {v: stage1_history(profile, target_domain, v) for v in variants}
     return Stage1Comparison(target_domain, sources, targets, translations, table, histories, seconds)
+
+
+def saved_stage1_targets(results_dir, profile_name: str, fallback: str = "cpu") -> tuple[str, pd.DataFrame] | None:
+    """``benchmarks/stage1_targets.py``'s table for ``profile_name``, else ``fallback``'s (the committed cpu one).
+
+    Returns:
+        ``(profile it was measured in, table indexed by (target, method))``, or None if neither was saved.
+    """
+    for name in dict.fromkeys((profile_name, fallback)):
+        saved = load_result(results_dir, STAGE1_TARGETS_RESULT, name)
+        if saved is not None:
+            return name, pd.DataFrame(saved["table"]).set_index(["target", "method"])
+    return None
+
+
+def stage1_target_lines(table: pd.DataFrame, method: str = "stage1") -> list[str]:
+    """One sentence per target, computed from a :func:`saved_stage1_targets` table: does ``method`` meet the bar
+    (:data:`GAP_LEFT_MAX`, :data:`DISC_DICE_MIN`), and which candidate closes the most of the gap."""
+    lines = []
+    for target, rows in table.groupby(level="target", sort=False):
+        rows = rows.droplevel("target")
+        row = rows.loc[method]
+        bar = "meets" if row.gap_left <= GAP_LEFT_MAX and row.disc_dice >= DISC_DICE_MIN else "misses"
+        others = rows.drop(index=[SOURCE_ROW, method, "oracle camera"], errors="ignore")
+        best = others.gap_left.idxmin() if len(others) else None
+        against = (f"; {best} leaves {others.gap_left[best]:.2f} (disc Dice {others.disc_dice[best]:.2f})"
+                   if best is not None else "")
+        lines.append(f"{target}: {method} leaves {row.gap_left:.2f} of the gap with disc Dice {row.disc_dice:.2f}, "
+                     f"{bar} the bar (gap_left <= {GAP_LEFT_MAX}, disc Dice >= {DISC_DICE_MIN}){against}.")
+    return lines

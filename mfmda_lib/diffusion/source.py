@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..data import SOURCE_DOMAIN
 from ..data.synthetic import generate_sample
-from ..profiles import Profile, paths
+from ..environment import paths
+from ..profiles import Profile
 from .checkpoint import SHIPPED_DIR, load_ddpm, read_sidecar, save_ddpm
 from .conditioned import ContentConditionedUNet
 from .ddpm import DDPMConfig, alphas_cumprod, build_unet, to_signed_tensor

@@ -32,9 +32,10 @@ import torch
 from accelerate import Accelerator
 
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
+from ..environment import get_device, paths
 from ..io import atomic_write, atomic_write_json, sha256_file
 from ..models import load_model
-from ..profiles import Profile, get_device, paths
+from ..profiles import Profile
 from .adaptation import VARIANTS, Stage1Config, Stage1State, adapt
 from .checkpoint import load_ddpm
 from .conditioned import ContentConditionedUNet

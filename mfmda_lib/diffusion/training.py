@@ -142,6 +142,25 @@ def _save(path: Path, step: int, modules: dict[str, nn.Module], optimizer, extra
         torch.save(payload, handle)
 
 
+def _load(path: Path, steps: int, modules: dict[str, nn.Module], optimizer, extras: dict, history: StepHistory,
+          accelerator: Accelerator) -> None:
+    """Resume from what :func:`_save` wrote; ``ValueError`` when the file belongs to another run or cannot go on."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = sorted(set(modules) - set(state["modules"]))
+    if missing:
+        raise ValueError(f"checkpoint {path} has no state for {missing}: it belongs to another run; delete it")
+    for name, module in modules.items():
+        accelerator.unwrap_model(module).load_state_dict(state["modules"][name], strict=False)
+    if "optimizer" in state:  # a finished run's checkpoint may drop it (see keep_optimizer)
+        optimizer.load_state_dict(state["optimizer"])
+    elif int(state["step"]) < steps:
+        raise ValueError(f"checkpoint {path} stopped at step {state['step']} without optimizer state, so it "
+                         f"cannot resume to {steps} steps; delete it to start over")
+    for name, extra in extras.items():
+        extra.load_state_dict(state["extras"][name])
+    history.steps, history.resumed_from = list(state["history"]), int(state["step"])
+
+
 def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict]], *, steps: int,
               modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, accelerator: Accelerator,
               seed: int, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
@@ -179,20 +198,7 @@ def run_steps(step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict
     params = [p for group in optimizer.param_groups for p in group["params"]]
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = sorted(set(modules) - set(state["modules"]))
-        if missing:
-            raise ValueError(f"checkpoint {path} has no state for {missing}: it belongs to another run; delete it")
-        for name, module in modules.items():
-            accelerator.unwrap_model(module).load_state_dict(state["modules"][name], strict=False)
-        if "optimizer" in state:  # a finished run's checkpoint may drop it (see keep_optimizer)
-            optimizer.load_state_dict(state["optimizer"])
-        elif int(state["step"]) < steps:
-            raise ValueError(f"checkpoint {path} stopped at step {state['step']} without optimizer state, so it "
-                             f"cannot resume to {steps} steps; delete it to start over")
-        for name, extra in extras.items():
-            extra.load_state_dict(state["extras"][name])
-        history.steps, history.resumed_from = list(state["history"]), int(state["step"])
+        _load(path, steps, modules, optimizer, extras, history, accelerator)
     for module in modules.values():
         module.train()
     start = time.perf_counter()

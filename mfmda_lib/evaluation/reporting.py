@@ -16,10 +16,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.synthetic import SOURCE_DOMAIN, TARGET_DOMAINS
-from .clinical import ClinicalConfig, ScreeningResult, glaucoma_screening
-from .metrics import _markdown
+from ..data.domains import SOURCE_DOMAIN, TARGET_DOMAINS
+from .clinical import ClinicalConfig
+from .screening import ScreeningResult, glaucoma_screening
 from .stats import compare, seed_image_bootstrap, seed_matrix
+from .tables import _markdown
 
 __all__ = ["KNOWN_RESULTS", "results_inventory", "load_result", "setting_columns", "summarise_rows",
            "paired_difference", "reporting_checklist", "markdown_table"]
@@ -213,7 +214,7 @@ def reporting_checklist(*, domain_table: pd.DataFrame, screening: ScreeningResul
         domain_table: :func:`~mfmda_lib.evaluation.clinical.ci_table` by domain with ``disc_dice``,
             ``cup_dice`` and ``vcdr_abs_err``.
         screening: the glaucoma-screening result on the target domains.
-        ece: :func:`~mfmda_lib.evaluation.clinical.calibration_by_domain` output.
+        ece: :func:`~mfmda_lib.evaluation.calibration.calibration_by_domain` output.
         subgroups: ``ci_table`` by disc-size subgroup with ``cup_dice``.
         inventory: :func:`results_inventory` output.
         failures_shown: worst cases per domain shown to a reader.

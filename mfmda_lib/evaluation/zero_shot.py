@@ -14,7 +14,8 @@ import pandas as pd
 
 from ..data.sample import FundusSample
 from ..models import EmbeddingCache, PromptableSegmenter, segment
-from .metrics import per_domain_table, segmentation_scores
+from .metrics import segmentation_scores
+from .tables import per_domain_table
 
 __all__ = ["ZeroShotResult", "zero_shot_segmentation", "box_margin_sweep", "BOX_MARGINS"]
 

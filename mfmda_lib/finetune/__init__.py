@@ -8,10 +8,12 @@
   hand-written bottleneck adapters, additive visual prompts and BitFit (``inject``).
 - ``memory``: training memory measured deterministically (saved activations + gradients + optimizer state).
 - ``runs``: one run (train on cached features with :func:`mfmda_lib.train.fit`, checkpoint, score).
+- ``comparison``: a comparison's config, shared data (``prepare_data``) and result (:class:`Comparison`).
 - ``experiment``: the comparisons of notebooks 03 and 04 (``run_strategies``, ``run_peft``).
 - ``speed``: the frozen-cache speed-up benchmark behind ``benchmarks/frozen_cache.py``.
 """
-from .experiment import ComparisonConfig, Comparison, FinetuneData, peft_configs, prepare_data, run_peft, run_strategies
+from .comparison import Comparison, ComparisonConfig, FinetuneData, prepare_data
+from .experiment import peft_configs, run_peft, run_strategies
 from .features import advance, prefix_cache, prefix_features
 from .heads import (HEAD_LR, TASKS, FeatureMapSegmentationHead, FeatureMapVCDRHead, TaskModel, build_head, task_loss,
                     unit_groups)

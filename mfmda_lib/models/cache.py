@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..environment import paths
 from ..io import atomic_write, sha256_bytes
-from ..profiles import paths
 from .base import PromptableSegmenter, check_images
 
 __all__ = ["EmbeddingCache", "embed", "pooled_embeddings", "segment"]

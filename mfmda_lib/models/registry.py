@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..profiles import get_device
+from ..environment import get_device
 from .base import PromptableSegmenter
 from .cache import EmbeddingCache
 from .litemedsam import build_litemedsam, litemedsam_weights_path
@@ -74,7 +74,7 @@ def load_model(name: str = "litemedsam", device: str | torch.device | None = Non
 
     Args:
         name: a key of :data:`MODELS` (see :func:`available_models`).
-        device: torch device; default :func:`mfmda_lib.profiles.get_device`.
+        device: torch device; default :func:`mfmda_lib.environment.get_device`.
         checkpoint: a weights file to load instead of the official one (e.g. fine-tuned weights).
         download: fetch missing official weights (SAM / MedSAM); nothing is downloaded otherwise.
 

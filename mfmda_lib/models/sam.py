@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..environment import paths
 from ..io import sha256_bytes
-from ..profiles import paths
 from .base import (ChecksumError, InputSpec, ModelUnavailableError, PromptableSegmenter, file_digest,
                    load_state_dict_file, verify_checksum)
 

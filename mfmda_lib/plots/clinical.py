@@ -61,7 +61,7 @@ def roc_figure(screenings: Mapping[str, object], ax: Axes | None = None, title: 
     """ROC curves of glaucoma screening, one per entry, with the fixed-specificity operating point.
 
     Args:
-        screenings: label -> :class:`~mfmda_lib.evaluation.clinical.ScreeningResult`. Entries with an
+        screenings: label -> :class:`~mfmda_lib.evaluation.screening.ScreeningResult`. Entries with an
             undefined ROC (one class) are listed in the legend as such.
         ax: axes to draw into.
         title: axes title.
@@ -97,7 +97,7 @@ def reliability_diagram(tables: Mapping[str, pd.DataFrame], ax: Axes | None = No
     """Observed foreground frequency against predicted probability, one line per entry.
 
     Args:
-        tables: label -> :func:`~mfmda_lib.evaluation.clinical.reliability_table` output (label may
+        tables: label -> :func:`~mfmda_lib.evaluation.calibration.reliability_table` output (label may
             carry the ECE, e.g. ``"cup (ECE 0.12)"``).
         ax: axes to draw into.
         title: axes title.

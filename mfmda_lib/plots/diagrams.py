@@ -149,9 +149,10 @@ def tta_diagram(methods: Mapping[str, nn.Module]) -> Diagram:
     """For each test-time method: which statistics it normalises with, and which parameters it may change.
 
     The statistics are read off the wrapped model's BatchNorm layers (train mode without running
-    statistics: the test batch's; MEMO's :class:`~mfmda_lib.adapt.tta.PriorBatchNorm2d`: a mixture).
+    statistics: the test batch's; MEMO's :class:`~mfmda_lib.adapt.tta_augmented.PriorBatchNorm2d`: a mixture).
     """
-    from ..adapt.tta import PriorBatchNorm2d, collect_norm_params
+    from ..adapt.tta_augmented import PriorBatchNorm2d
+    from ..adapt.tta_base import collect_norm_params
 
     rows = []
     for name, method in methods.items():
@@ -220,7 +221,7 @@ def stage2_diagram(model: nn.Module, config=None) -> Diagram:
     Rows: the frozen encoder cut at its taps (what is cached, which blocks get Rein tokens after them);
     the pyramid levels (frozen, or changed by the tokens and aligned) and the head; with ``config``
     (a :class:`~mfmda_lib.align.stage2.Stage2Config`): the steps of one batch, in order, and the two
-    optimisers of :func:`~mfmda_lib.align.stage2.make_optimizers` with the parameters each one updates.
+    optimisers of :func:`~mfmda_lib.align.training.make_optimizers` with the parameters each one updates.
 
     Args:
         model: ``encoder`` (a :class:`~mfmda_lib.align.pyramid.PyramidEncoder`) and ``head``.

@@ -23,8 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..data.domains import DOMAINS, SEVERITY_STEPS, style_at
 from ..data.sample import FundusSample
-from ..data.synthetic import DOMAINS, SEVERITY_STEPS, generate_sample, style_at
+from ..data.synthetic import generate_sample
 from ..evaluation.metrics import dice
 from ..models import EmbeddingCache, PromptableSegmenter, segment
 from .images import overlay

@@ -7,9 +7,9 @@ Two families, one encoder:
 
 both pretrained on :mod:`.pool` (many unlabelled images of every hospital). Then :mod:`.downstream`
 measures what pretraining buys with few labels (linear probe and fine-tuning; vCDR / glaucoma
-suspect and disc/cup segmentation), :mod:`.experiment` runs it all for a profile, caching the
-pretrained weights for later notebooks, and :mod:`.verdict` turns the numbers into sentences with
-95% intervals over draws and test images.
+suspect and disc/cup segmentation), :mod:`.pretraining` pretrains (or loads) each encoder, caching
+the weights for later notebooks, :mod:`.experiment` runs the comparisons for a profile, and
+:mod:`.verdict` turns the numbers into sentences with 95% intervals over draws and test images.
 
 Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretrain),
 ``train_downstream``, ``evaluate``, ``select_encoder_lr`` (``encoder_lr_configs``: its saved choice),
@@ -20,9 +20,10 @@ from .dino import (DINO, DINOConfig, camera_jitter, dino_loss, local_crop_side, 
 from .downstream import (ALL_PROTOCOLS, LABEL_BUDGETS, DownstreamConfig, DownstreamModel,
                          TokenSegmentationHead, TokenVCDRHead,
                          budget_subset, evaluate, train_downstream, trainable_share)
-from .experiment import (ENCODER_LR_GRID, LR_SELECTION_RESULT, SSL_METHODS, TASK_SCORES, LRSelection, SSLBenchmark,
-                         encoder_lr_configs, label_mean_rows, label_mean_vcdr, pretrained_encoder, pretraining_steps,
-                         run_label_budgets, select_encoder_lr, to_uint8, validation_samples, vit_config, warmup_cosine)
+from .experiment import (ENCODER_LR_GRID, LR_SELECTION_RESULT, TASK_SCORES, LRSelection, SSLBenchmark,
+                         encoder_lr_configs, label_mean_rows, label_mean_vcdr, run_label_budgets, select_encoder_lr,
+                         validation_samples)
+from .pretraining import SSL_METHODS, pretrained_encoder, pretraining_steps, to_uint8, vit_config, warmup_cosine
 from .mae import MAE, MAEConfig, masked_reconstruction_loss, random_masking
 from .pool import pool_domains, unlabelled_pool
 from .verdict import (collapse_check, model_comparison, smallest_budget_comparison, takeaways, vcdr_reference_comparison,

@@ -1,10 +1,7 @@
-"""Notebook 02 as a few calls: pretrain (load if present, else train) and compare with random init.
+"""Notebook 02 as a few calls: compare pretrained encoders with random init on few labels.
 
-:func:`pretrained_encoder` returns a small ViT pretrained by MAE or DINO on the unlabelled pool
-of *every* domain (:mod:`.pool`; labels unused), cached under
-``<cache>/checkpoints/ssl_<method>_<profile>_<hash>.pt`` so later notebooks reuse it. Pretraining
-runs a fixed number of steps (``ssl_mae_steps``, ``ssl_dino_steps``) with a linear warm-up and a
-cosine decay of the learning rate, as both papers do.
+The encoders come from :func:`~mfmda_lib.ssl.pretraining.pretrained_encoder` (:mod:`.pretraining`: a small ViT
+pretrained by MAE or DINO on the unlabelled pool of *every* domain, load if present, else train).
 :func:`run_label_budgets` trains every downstream head on each label budget of the source
 hospital's labelled images, from each encoder, with the same recipe for every encoder, and
 scores it on every hospital's test split; the smallest budget is repeated over several draws of
@@ -16,45 +13,31 @@ Every size comes from the :class:`~mfmda_lib.profiles.Profile`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..data import DOMAINS, PIXEL_MEAN, PIXEL_STD, SOURCE_DOMAIN, FundusSample, benchmark_samples
+from ..data import DOMAINS, SOURCE_DOMAIN, FundusSample, benchmark_samples
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR
 from ..data.synthetic import generate_sample
+from ..environment import paths
 from ..evaluation.metrics import auroc
 from ..evaluation.reporting import load_result
-from ..profiles import Profile, paths, seed_everything
-from ..train import FitConfig, fit
-from .dino import DINO, DINOConfig, random_view
+from ..profiles import Profile
 from .downstream import (LABEL_BUDGETS, PROTOCOLS, TASKS, DownstreamConfig, budget_subset, evaluate,
                          train_downstream)
-from .mae import MAE, MAEConfig
-from .pool import unlabelled_pool
-from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
+from .vit import ViTEncoder
 
-__all__ = ["SSL_METHODS", "vit_config", "unlabelled_pool", "checkpoint_path", "pretraining_steps", "warmup_cosine",
-           "pretrained_encoder", "to_uint8", "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples",
-           "LRSelection", "select_encoder_lr", "LR_SELECTION_RESULT", "encoder_lr_configs", "run_label_budgets",
-           "label_mean_vcdr", "label_mean_rows"]
+__all__ = [
+    "SSLBenchmark", "TASK_SCORES", "ENCODER_LR_GRID", "validation_samples", "LRSelection",
+    "select_encoder_lr", "LR_SELECTION_RESULT", "encoder_lr_configs", "run_label_budgets", "label_mean_vcdr",
+    "label_mean_rows",
+]
 
-#: Self-supervised methods and their config classes.
-SSL_METHODS = {"mae": MAEConfig, "dino": DINOConfig}
-#: Reconstructions kept for the figure: this many images, at this many points of training.
-N_SNAPSHOT_IMAGES, N_SNAPSHOTS = 4, 4
-#: MAE's own augmentation: random resized crops over this area range and flips.
-MAE_CROP_SCALE = (0.5, 1.0)
-#: Share of the pretraining steps spent warming the learning rate up linearly from 0.
-WARMUP_FRACTION = 0.05
 #: Encoder learning rates that :func:`select_encoder_lr` tries for each encoder before fine-tuning.
 ENCODER_LR_GRID: tuple[float, ...] = (3e-4, 1e-3)
 #: The result notebook 02 saves its selection under (``<results>/ssl_lr_selection_<profile>.json``, ``meta.chosen``);
@@ -62,139 +45,6 @@ ENCODER_LR_GRID: tuple[float, ...] = (3e-4, 1e-3)
 LR_SELECTION_RESULT = "ssl_lr_selection"
 #: Selection draws use seeds ``profile.seed + SELECTION_SEED_OFFSET + d``: never the seeds of the reported draws.
 SELECTION_SEED_OFFSET = 100
-
-
-def vit_config(profile: Profile) -> ViTConfig:
-    """The encoder of the kit's SSL notebooks at the profile's ``ssl_image_size``."""
-    return ViTConfig(image_size=profile.ssl_image_size)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Normalised images ``(..., 3, S, S)`` back to displayable ``(..., S, S, 3)`` uint8."""
-    pixels = (x * PIXEL_STD + PIXEL_MEAN).clamp(0, 1) * 255
-    return pixels.movedim(-3, -1).round().to(torch.uint8).numpy()
-
-
-def pretraining_steps(profile: Profile, method: str) -> int:
-    """Optimisation steps of ``method``'s pretraining in ``profile``."""
-    return profile.ssl_mae_steps if method == "mae" else profile.ssl_dino_steps
-
-
-def checkpoint_path(profile: Profile, method: str, vit: ViTConfig, config) -> Path:
-    """``<cache>/checkpoints/ssl_<method>_<profile>_<hash>.pt``, the hash over all that shapes the weights."""
-    key = {"method": method, "profile": profile.name, "pool": profile.ssl_pool_per_domain,
-           "image_size": profile.image_size, "steps": pretraining_steps(profile, method),
-           "batch": profile.ssl_batch_size, "seed": profile.seed, "severity": profile.severity,
-           "warmup": WARMUP_FRACTION, "vit": asdict(vit), "config": asdict(config), "version": 2}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return paths().cache / "checkpoints" / f"ssl_{method}_{profile.name}_{digest}.pt"
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float = WARMUP_FRACTION) -> Callable[[int], float]:
-    """Learning-rate factor of step ``t``: linear warm-up to 1, then half a cosine down to 0."""
-    warmup = max(1, round(warmup_fraction * total_steps))
-
-    def factor(t: int) -> float:
-        if t < warmup:
-            return (t + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / max(1, total_steps - warmup))))
-
-    return factor
-
-
-def _snapshot_epochs(epochs: int) -> list[int]:
-    """Epochs (0-based, counted before the epoch runs; ``epochs`` = after training) with a reconstruction."""
-    return sorted({round(i * epochs / (N_SNAPSHOTS - 1)) for i in range(N_SNAPSHOTS)})
-
-
-def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: bool = True
-                       ) -> tuple[ViTEncoder, dict, dict[str, torch.Tensor]]:
-    """A ViT pretrained by ``method`` (``"mae"`` or ``"dino"``): loaded if its checkpoint exists, else trained.
-
-    Returns:
-        ``(encoder in eval mode, info, extras)``: ``info`` has ``trained`` (False when loaded),
-        ``loss`` per epoch (one pass over the pool), ``seconds``, ``steps`` and ``checkpoint``; for
-        DINO also ``teacher_entropy``, per epoch ``[h_sample, h_mean]`` (see
-        :func:`~mfmda_lib.ssl.dino.teacher_entropy`) and ``log_k``; for MAE ``extras`` holds
-        ``snapshot_epochs (T,)``, ``visible`` and ``reconstruction`` ``(T, n, 3, S, S)``: fixed
-        images as the encoder saw them and as the model rebuilt them at ``T`` points of training.
-    """
-    if method not in SSL_METHODS:
-        raise ValueError(f"unknown SSL method {method!r}: choose one of {sorted(SSL_METHODS)}")
-    config = config or SSL_METHODS[method]()
-    vit = vit_config(profile)
-    path = checkpoint_path(profile, method, vit, config)
-    loaded = load_encoder(path, vit)
-    if loaded is not None:
-        encoder, info, extras = loaded
-        return encoder, {**info, "trained": False, "checkpoint": str(path)}, extras
-
-    pool = unlabelled_pool(profile, progress=progress)  # (N, 3, S, S)
-    seed_everything(profile.seed)
-    encoder = ViTEncoder(vit)
-    steps, batch_size = pretraining_steps(profile, method), min(profile.ssl_batch_size, len(pool))
-    steps_per_epoch = len(pool) // batch_size  # full batches only
-    epochs = math.ceil(steps / steps_per_epoch)
-    g = torch.Generator().manual_seed(profile.seed)
-    entropy: list[tuple[float, float]] = []
-    if method == "mae":
-        model = MAE(encoder, config)
-        probe = pool[torch.linspace(0, len(pool) - 1, N_SNAPSHOT_IMAGES).long()]  # one image per domain
-        shots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def snapshot(epoch: int) -> None:
-            if epoch in _snapshot_epochs(epochs) and epoch not in shots:
-                shots[epoch] = model.reconstruct(probe, torch.Generator().manual_seed(profile.seed))
-
-        def loss_fn(m, batch):
-            return m(batch, g)[0]
-    else:
-        model = DINO(encoder, config, total_steps=steps)
-
-        def snapshot(epoch: int) -> None:
-            return None
-
-        def loss_fn(m, batch):
-            loss = m(batch, g)
-            entropy.append(m.entropy)
-            return loss
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
-    done = [0]
-
-    def batches(epoch: int):
-        snapshot(epoch)
-        order = torch.randperm(len(pool), generator=g)
-        for i in range(steps_per_epoch):
-            if done[0] >= steps:
-                return
-            batch = pool[order[i * batch_size:(i + 1) * batch_size]]
-            yield random_view(batch, MAE_CROP_SCALE, g) if method == "mae" else batch
-            scheduler.step()  # resumed after fit's optimizer step on the batch just yielded
-            done[0] += 1
-
-    start = time.perf_counter()
-    history = fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs),
-                  desc=f"{method} pretraining", progress=progress)
-    extras: dict[str, torch.Tensor] = {}
-    info = {"loss": history.train_loss, "seconds": round(time.perf_counter() - start, 1), "n_images": len(pool),
-            "steps": steps, "batch_size": batch_size, "epochs": epochs}
-    if method == "mae":
-        snapshot(epochs)
-        shot_epochs = sorted(shots)
-        extras = {"snapshot_epochs": torch.tensor(shot_epochs),
-                  "visible": torch.stack([shots[e][0] for e in shot_epochs]),
-                  "reconstruction": torch.stack([shots[e][1] for e in shot_epochs])}
-    else:
-        model.update_teacher()  # the last optimizer step's EMA update
-        encoder = model.teacher_encoder  # DINO keeps (and evaluates) the teacher
-        per_epoch = [entropy[i:i + steps_per_epoch] for i in range(0, len(entropy), steps_per_epoch)]
-        info |= {"teacher_entropy": [[float(np.mean([h[k] for h in chunk])) for k in (0, 1)] for chunk in per_epoch],
-                 "log_k": math.log(config.out_dim)}
-    save_encoder(path, encoder, info, extras)
-    return encoder.eval().requires_grad_(True), {**info, "trained": True, "checkpoint": str(path)}, extras
 
 
 @dataclass

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from ..data import DOMAINS, PIXEL_MEAN, PIXEL_STD, normalised_tensors
 from ..data.synthetic import generate_sample
+from ..environment import paths
 from ..io import atomic_write, sha256_bytes
-from ..profiles import Profile, paths
+from ..profiles import Profile
 
 __all__ = ["pool_path", "unlabelled_pool", "pool_domains"]
 

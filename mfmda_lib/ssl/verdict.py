@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import SOURCE_DOMAIN
-from ..evaluation import stats
+from ..evaluation import comparisons, stats
 from .experiment import TASK_SCORES, LRSelection, SSLBenchmark, _signed
 
 __all__ = ["score_spec", "smallest_budget_comparison", "verdict", "model_comparison", "vcdr_reference_comparison",
@@ -55,11 +55,11 @@ def _group(row: dict) -> str:
 
 
 def _paired(rows: Sequence[dict], score: str, method: str, baseline: str, by: str) -> stats.Comparison:
-    """:func:`stats.compare` (or :func:`stats.compare_auroc`) of one score, draws as seeds."""
+    """:func:`stats.compare` (or :func:`comparisons.compare_auroc`) of one score, draws as seeds."""
     task, value, group = score_spec(score)
     chosen = [r for r in rows if r["task"] == task and (group is None or _group(r) == group)]
     if score == "suspect_auroc":
-        return stats.compare_auroc(chosen, value, "suspect", method, baseline, by=by, seed_key="draw",
+        return comparisons.compare_auroc(chosen, value, "suspect", method, baseline, by=by, seed_key="draw",
                                    n_resamples=N_RESAMPLES)
     return stats.compare(chosen, value, method, baseline, by=by, seed_key="draw",
                          higher_is_better=not score.endswith("err"), n_resamples=N_RESAMPLES)
@@ -194,7 +194,7 @@ def vcdr_reference_comparison(result: SSLBenchmark, reference_rows: Sequence[dic
 
 def collapse_check(info: dict) -> str:
     """A sentence on DINO's last epoch, from ``info["teacher_entropy"]`` and ``info["log_k"]``
-    (:func:`~mfmda_lib.ssl.experiment.pretrained_encoder`): collapsed to a uniform output (every target
+    (:func:`~mfmda_lib.ssl.pretraining.pretrained_encoder`): collapsed to a uniform output (every target
     near ``log K``), to one prototype (the batch's mean target near 0), or neither."""
     h_sample, h_mean = info["teacher_entropy"][-1]
     log_k = info["log_k"]
@@ -214,7 +214,7 @@ def takeaways(result: SSLBenchmark, comparison: pd.DataFrame, reference: pd.Data
     Args:
         comparison: :func:`smallest_budget_comparison`; ``reference``: :func:`vcdr_reference_comparison`.
         selection: the learning-rate selection; ``pretraining``: method -> its ``info`` from
-            :func:`~mfmda_lib.ssl.experiment.pretrained_encoder` (steps, seconds).
+            :func:`~mfmda_lib.ssl.pretraining.pretrained_encoder` (steps, seconds).
     """
     lines = []
     src = comparison.xs("source_disc_dice", level="score")

@@ -1,5 +1,5 @@
-"""Teaching tools around the notebooks: student versions (``student``) and seminar slides (``slides``).
+"""What the notebooks use to teach: the write-the-core exercises' checks and fallbacks (``exercises``).
 
-Run them as modules: ``python -m mfmda_lib.teaching.student`` (``make student``) and
-``python -m mfmda_lib.teaching.slides`` (``make slides``).
+The tools that build the course's material (student editions, slides, publishing) are not part of the
+package: they live in the repository's ``course/`` folder.
 """

@@ -19,7 +19,7 @@ What happens when the answer is missing or wrong depends on the edition:
 - the **instructor's edition** (the repository's notebooks, the default) raises
   :class:`ExerciseFailed`: a broken answer key fails the notebook run, so CI catches it;
 - the **student edition** (:func:`use_student_edition`, called by a cell that
-  :mod:`mfmda_lib.teaching.student` inserts) prints the diagnosis and falls back to the library,
+  :mod:`course.student` inserts) prints the diagnosis and falls back to the library,
   so the notebook runs to the end for a student who skips an exercise.
 
 A check never changes the global random state (:func:`isolated_rng`): a student's answer, a stub

@@ -21,7 +21,7 @@ A notebook with exercises also gets a banner and, after its first code cell (the
 that calls :func:`mfmda_lib.teaching.exercises.use_student_edition`: there a missing or wrong answer
 falls back to the library with a notice, where the instructor's edition fails the run.
 
-Run ``python -m mfmda_lib.teaching.student [SRC_DIR] [OUT_DIR]`` (defaults ``notebooks`` and
+Run ``python -m course.student [SRC_DIR] [OUT_DIR]`` (defaults ``notebooks`` and
 ``build/student``); ``make student`` does that.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import nbformat
 
-from ..io import atomic_write_bytes
+from mfmda_lib.io import atomic_write_bytes
 
 __all__ = ["SOLUTION_TAG", "EXERCISE_TAG", "PLACEHOLDER", "EDITION_CELL", "is_solution", "is_answer", "stub_source",
            "student_cell", "student_notebook", "write_student_versions", "with_exercises"]

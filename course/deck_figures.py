@@ -9,7 +9,7 @@ and writes it beside the notebook's own figures. Rows are found by their method 
 never by position, so results regenerated with more methods or seeds redraw without changes.
 
 PNGs are written with a 256-colour palette (a few tens of kB each) so the ``cpu`` figures can be
-committed and a fresh clone builds complete decks. Run ``python -m mfmda_lib.teaching.deck_figures``
+committed and a fresh clone builds complete decks. Run ``python -m course.deck_figures``
 (``make figures``; ``make slides`` runs it first).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..io import atomic_write_bytes
+from mfmda_lib.io import atomic_write_bytes
 
 __all__ = ["DeckFigure", "FIGURES", "TTA_FAILURE_SETTINGS", "draw", "draw_all", "compact_png", "compact_file",
            "MAX_WIDTH", "MAX_HEIGHT"]
@@ -56,21 +56,21 @@ def _table(saved: dict, index: Sequence[str] | None = None) -> pd.DataFrame:
 
 def _method_domain(title: str) -> Callable[[dict], Figure]:
     def draw_bars(saved: dict) -> Figure:
-        from ..plots import method_domain_bars
+        from mfmda_lib.plots import method_domain_bars
 
         return method_domain_bars(_table(saved, ["method", "domain"]), ["disc_dice", "cup_dice"], title=title)
     return draw_bars
 
 
 def _box_margin(saved: dict) -> Figure:
-    from ..plots.summary import box_margin_figure
+    from mfmda_lib.plots.summary import box_margin_figure
 
     return box_margin_figure(_table(saved, ["margin"]))
 
 
 def _tta_failures(saved: dict) -> Figure:
-    from ..adapt.tta_benchmark import settings_table
-    from ..plots import tta_settings_figure
+    from mfmda_lib.adapt.tta_benchmark import settings_table
+    from mfmda_lib.plots import tta_settings_figure
 
     rows = [r for r in saved.get("rows", []) if r.get("setting") in TTA_FAILURE_SETTINGS]
     if not rows:
@@ -83,7 +83,7 @@ def _tta_failures(saved: dict) -> Figure:
 
 
 def _tta_stream(saved: dict) -> Figure:
-    from ..plots import tta_stream_figure
+    from mfmda_lib.plots import tta_stream_figure
 
     rows = [r for r in saved.get("rows", []) if r.get("setting") == "continual"]
     if not rows:
@@ -92,7 +92,7 @@ def _tta_stream(saved: dict) -> Figure:
 
 
 def _sdedit(saved: dict) -> Figure:
-    from ..diffusion.figures import sdedit_tradeoff_figure
+    from mfmda_lib.diffusion.figures import sdedit_tradeoff_figure
 
     table = _table(saved, ["t0"]).sort_index()
     return sdedit_tradeoff_figure(list(table.index), table["psnr"], table["relative_distance"])
@@ -100,14 +100,14 @@ def _sdedit(saved: dict) -> Figure:
 
 def _summary(function: str, **kwargs) -> Callable[[dict], Figure]:
     def draw_summary(saved: dict) -> Figure:
-        from ..plots import summary
+        from mfmda_lib.plots import summary
 
         return getattr(summary, function)(_table(saved), **kwargs)
     return draw_summary
 
 
 def _clinical_intervals(saved: dict) -> Figure:
-    from ..plots.clinical import ci_forest
+    from mfmda_lib.plots.clinical import ci_forest
 
     table = _table(saved, ["domain"])
     metrics = [m for m in ("disc_dice", "cup_dice", "vcdr_abs_err") if f"{m}_lo" in table.columns]
@@ -201,7 +201,7 @@ def draw_all(results: str | Path, out_dir: str | Path | None = None, *, profiles
 def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
-    from ..profiles import paths
+    from mfmda_lib.environment import paths
 
     matplotlib.use("Agg")
     parser = argparse.ArgumentParser(description="Redraw the decks' figures from the saved results.")

@@ -3,7 +3,7 @@
 One deck per seminar session, one Markdown file per deck; slides are separated by a line that is
 exactly ``---``. Images are named, not pathed (``![caption](figure:zero_shot_litemedsam)``,
 ``![caption](generated:domains)``) and tables come from saved results (``{{table:NAME}}``, and
-per-method mean tables ``{{means:NAME ...}}``): see :mod:`mfmda_lib.teaching.figures`. A line
+per-method mean tables ``{{means:NAME ...}}``): see :mod:`course.deck_sources`. A line
 ``Cite: ...`` cites the slide's paper (shown small at the bottom of the slide); everything after a
 line ``Notes:`` is the slide's speaker notes (hidden on screen, shown in the presenter view and in
 print). The output embeds every image as a base64 ``data:`` URI and inlines ``slides/theme.css``
@@ -16,7 +16,7 @@ slide per page with its notes. An inline script writes ``<div id="deck-status">`
 count, any image that failed to load, the placeholders shown and the rows of each results table,
 which the slide test reads from a headless Chromium.
 
-Run ``python -m mfmda_lib.teaching.slides`` (``make slides``).
+Run ``python -m course.slides`` (``make slides``).
 """
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write_bytes
-from ..profiles import paths
-from .figures import FigureSource, figure_png, means_table, meta_markdown, parse_means, table_markdown
+from mfmda_lib.environment import paths
+from mfmda_lib.io import atomic_write_bytes
+from .deck_sources import FigureSource, figure_png, means_table, meta_markdown, parse_means, table_markdown
 
 __all__ = ["DeckReport", "split_slides", "split_notes", "render_markdown", "build_deck", "build_all",
            "default_result_folders", "SLIDES_DIR"]
 
 #: The repository's slides folder (decks/, theme.css, deck.js; build/ is the output).
-SLIDES_DIR = Path(__file__).resolve().parents[2] / "slides"
+SLIDES_DIR = Path(__file__).resolve().parents[1] / "slides"
 
 _IMAGE_REF = re.compile(r"!\[([^\]]*)\]\(((?:figure|generated):[^)\s]+)\)")
 _TABLE_REF = re.compile(r"\{\{table:([A-Za-z0-9_*]+)(?::(\d+))?\}\}")

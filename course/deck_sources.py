@@ -108,8 +108,8 @@ def placeholder_png(name: str, message: str) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 def _domains_figure() -> bytes:
-    from ..data import DOMAINS, generate_sample
-    from ..plots import overlay
+    from mfmda_lib.data import DOMAINS, generate_sample
+    from mfmda_lib.plots import overlay
 
     fig, axes = plt.subplots(1, len(DOMAINS), figsize=(3 * len(DOMAINS), 3.3))
     for ax, domain in zip(axes, DOMAINS):
@@ -122,16 +122,16 @@ def _domains_figure() -> bytes:
 
 
 def _severity_figure() -> bytes:
-    from ..data import SEVERITY_STEPS, TARGET_DOMAINS
-    from ..plots.widgets import severity_grid
+    from mfmda_lib.data import SEVERITY_STEPS, TARGET_DOMAINS
+    from mfmda_lib.plots.widgets import severity_grid
 
     return _png(severity_grid(SEVERITY_STEPS, size=160, domains=TARGET_DOMAINS,
                               title="each hospital's eye 0 from severity 0 (source camera) to 2"))
 
 
 def _vcdr_figure() -> bytes:
-    from ..data import generate_sample
-    from ..plots import overlay
+    from mfmda_lib.data import generate_sample
+    from mfmda_lib.plots import overlay
 
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
     for ax, (domain, index) in zip(axes, (("refuge_train", 1), ("refuge_train", 2))):  # not suspect, suspect

