@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..evaluation.reporting import load_result
+from ..evaluation.reporting import load_result_or_fallback
 from ..evaluation.stats import NO_DIFFERENCE, compare
 from ..evaluation.tables import _markdown
 
@@ -132,10 +132,8 @@ def saved_align_lr(results_dir, profile_name: str, fallback: str = "cpu") -> lis
     """
     found = []
     for mode, name in ALIGN_LR_RESULTS.items():
-        for p in dict.fromkeys((profile_name, fallback)):
-            saved = load_result(results_dir, name, p)
-            if saved is not None:
-                table = pd.DataFrame(saved["table"]).set_index(["target", "align_lr"])
-                found.append((mode, p, table, list(saved["meta"].get("paired_differences", []))))
-                break
+        if (saved := load_result_or_fallback(results_dir, name, profile_name, fallback)) is not None:
+            measured_in, result = saved
+            table = pd.DataFrame(result["table"]).set_index(["target", "align_lr"])
+            found.append((mode, measured_in, table, list(result["meta"].get("paired_differences", []))))
     return found

@@ -39,7 +39,7 @@ from .checkpoint import read_sidecar
 from .source import load_source_ddpm, source_ddpm_path
 from .stage1 import feature_encoder, sources_to_translate, stage1_dir, target_samples, translate_config, translated_source
 from .translate import to_full_resolution
-from ..evaluation.reporting import load_result
+from ..evaluation.reporting import load_result_or_fallback
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
            "translation_ceiling", "CEILING_ROWS", "score_translations", "GAP_LEFT_MAX", "DISC_DICE_MIN",
@@ -233,11 +233,11 @@ def saved_stage1_targets(results_dir, profile_name: str, fallback: str = "cpu") 
     Returns:
         ``(profile it was measured in, table indexed by (target, method))``, or None if neither was saved.
     """
-    for name in dict.fromkeys((profile_name, fallback)):
-        saved = load_result(results_dir, STAGE1_TARGETS_RESULT, name)
-        if saved is not None:
-            return name, pd.DataFrame(saved["table"]).set_index(["target", "method"])
-    return None
+    saved = load_result_or_fallback(results_dir, STAGE1_TARGETS_RESULT, profile_name, fallback)
+    if saved is None:
+        return None
+    measured_in, result = saved
+    return measured_in, pd.DataFrame(result["table"]).set_index(["target", "method"])
 
 
 def stage1_target_lines(table: pd.DataFrame, method: str = "stage1") -> list[str]:

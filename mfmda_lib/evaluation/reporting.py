@@ -22,7 +22,7 @@ from .screening import ScreeningResult, glaucoma_screening
 from .stats import compare, seed_image_bootstrap, seed_matrix
 from .tables import _markdown
 
-__all__ = ["KNOWN_RESULTS", "results_inventory", "load_result", "setting_columns", "summarise_rows",
+__all__ = ["KNOWN_RESULTS", "results_inventory", "load_result", "load_result_or_fallback", "setting_columns", "summarise_rows",
            "paired_difference", "reporting_checklist", "markdown_table"]
 
 #: Result names the kit's notebooks save, and the notebook that writes each.
@@ -62,6 +62,17 @@ def load_result(folder: str | Path, name: str, profile_name: str) -> dict | None
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); delete it and re-run its notebook") from exc
+
+
+def load_result_or_fallback(folder: str | Path, name: str, profile_name: str,
+                            fallback: str = "cpu") -> tuple[str, dict] | None:
+    """``(profile it was measured in, saved result)`` for ``profile_name``, else for ``fallback`` (the committed
+    measurement a notebook can show when its own profile has not run the benchmark); ``None`` if neither exists."""
+    for name_of_profile in dict.fromkeys((profile_name, fallback)):
+        saved = load_result(folder, name, name_of_profile)
+        if saved is not None:
+            return name_of_profile, saved
+    return None
 
 
 def results_inventory(folder: str | Path, profile_name: str, known: dict[str, str] | None = None, *,
