@@ -116,10 +116,10 @@ def test_encoder_lora_trains_only_lora_parameters():
         sam_lora.inject_encoder_lora(build_toy_segmenter(), sam_lora.LoraConfigLite(target_modules=r"nothing_here"))
 
 
-def test_segmentation_loss_and_peak_memory():
+def test_medsam_loss_and_peak_memory():
     masks = torch.zeros(2, 1, 8, 8)
     masks[:, :, 2:6, 2:6] = 1
-    good, bad = st.segmentation_loss(masks * 20 - 10, masks), st.segmentation_loss(-(masks * 20 - 10), masks)
+    good, bad = st.medsam_loss(masks * 20 - 10, masks), st.medsam_loss(-(masks * 20 - 10), masks)
     assert good < 0.01 < bad
     # RSS is measured in a fresh process: inside a long pytest run the allocator may hand back
     # pages freed by earlier tests, so the resident set need not grow at all.

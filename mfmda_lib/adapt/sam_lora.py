@@ -10,7 +10,7 @@ from torch import nn
 
 from ..models import PromptableSegmenter
 from ..train import FitConfig, History, fit
-from .sam_tuning import STRUCTURES, PromptSet, jitter_boxes, segmentation_loss
+from .sam_tuning import STRUCTURES, PromptSet, jitter_boxes, medsam_loss
 
 __all__ = ["LoraConfigLite", "inject_encoder_lora", "train_encoder_lora"]
 
@@ -86,7 +86,7 @@ def train_encoder_lora(model: PromptableSegmenter, train: PromptSet, config: Lor
         m = holder.segmenter
         z = m.encode(m.preprocess([train.samples[i].image for i in idx.tolist()]))  # (b, C, h, w)
         logits = m.decode(z.repeat_interleave(len(STRUCTURES), dim=0), boxes)  # (2b, 1, S, S)
-        return segmentation_loss(logits, train.masks[idx].reshape(-1, 1, size, size).to(logits.device))
+        return medsam_loss(logits, train.masks[idx].reshape(-1, 1, size, size).to(logits.device))
 
     return fit(_FrozenNorms(model), optimizer, batches, loss_fn, FitConfig(epochs=epochs), checkpoint=checkpoint,
                desc="encoder LoRA", progress=progress)

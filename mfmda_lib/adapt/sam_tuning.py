@@ -43,7 +43,7 @@ from ..train import FitConfig, History, fit
 from .decoder_adapter import adapter_parameters, adapter_state_dict, load_adapter_state_dict
 
 __all__ = [
-    "TrainConfig", "TTAConfig", "PromptSet", "prompt_set", "jitter_boxes", "segmentation_loss", "PeakMemory",
+    "TrainConfig", "TTAConfig", "PromptSet", "prompt_set", "jitter_boxes", "medsam_loss", "PeakMemory",
     "train_decoder", "configure_full_decoder", "SingleImageTTA", "STRUCTURES",
 ]
 
@@ -150,7 +150,7 @@ def jitter_boxes(boxes: torch.Tensor, pixels: float, size: int, generator: torch
     return torch.cat([lo, hi], dim=1)  # (M, 4)
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def medsam_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """MedSAM's loss: soft Dice (one per mask) + BCE, ``(M, 1, S, S)`` logits vs ``(M, 1, S, S)`` {0, 1} masks -> scalar."""
     return dice_bce_loss(logits, masks, dims=(1, 2, 3))
 
@@ -251,7 +251,7 @@ def train_decoder(model: PromptableSegmenter, train: PromptSet, val: PromptSet, 
 
     def loss_fn(m: PromptableSegmenter, batch) -> torch.Tensor:
         p, boxes = batch
-        return segmentation_loss(_decode_pairs(m, train, p, boxes), train.masks[p[:, 0], p[:, 1]][:, None])
+        return medsam_loss(_decode_pairs(m, train, p, boxes), train.masks[p[:, 0], p[:, 1]][:, None])
 
     val_pairs = torch.cartesian_prod(torch.arange(len(val)), torch.arange(len(STRUCTURES)))
 
