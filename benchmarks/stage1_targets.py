@@ -25,8 +25,8 @@ import pandas as pd
 
 from mfmda_lib.align.baselines import fda_samples, histogram_matched_samples
 from mfmda_lib.data import TARGET_DOMAINS
-from mfmda_lib.diffusion.comparison import (CEILING_ROWS, DISC_DICE_MIN, GAP_LEFT_MAX, STAGE1_TARGETS_RESULT,
-                                            score_translations, stage1_target_lines, translation_ceiling)
+from mfmda_lib.diffusion.comparison import (DISC_DICE_MIN, GAP_LEFT_MAX, STAGE1_TARGETS_RESULT, oracle_camera_images,
+                                            score_translations, stage1_target_lines)
 from mfmda_lib.diffusion.stage1 import sources_to_translate, target_samples, translated_source
 from mfmda_lib.experiments import model_and_cache, save_result
 from mfmda_lib.profiles import PROFILES, get_profile
@@ -40,10 +40,9 @@ def target_rows(profile, target: str, segmenter, cache) -> pd.DataFrame:
         "stage1": [s.image for s in translated_source(profile, target, variant="mfmda", progress=False)],
         "histogram_matching": [s.image for s in histogram_matched_samples(sources, k_images)],
         "fda": [s.image for s in fda_samples(sources, k_images)],
+        "oracle camera": oracle_camera_images(profile, target),
     }
     table = score_translations(profile, target, candidates, segmenter=segmenter, cache=cache)
-    oracle = translation_ceiling(profile, target, segmenter=segmenter, cache=cache).loc[[CEILING_ROWS[0]]]
-    table = pd.concat([table, oracle.rename(index={CEILING_ROWS[0]: "oracle camera"})]).rename_axis("method")
     return table.assign(target=target).set_index("target", append=True).swaplevel()
 
 

@@ -42,7 +42,7 @@ from .translate import to_full_resolution
 from ..evaluation.reporting import load_result_or_fallback
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
-           "translation_ceiling", "CEILING_ROWS", "score_translations", "GAP_LEFT_MAX", "DISC_DICE_MIN",
+           "translation_ceiling", "CEILING_ROWS", "score_translations", "oracle_camera_images", "GAP_LEFT_MAX", "DISC_DICE_MIN",
            "STAGE1_TARGETS_RESULT", "saved_stage1_targets", "stage1_target_lines"]
 
 SOURCE_ROW = "source (untranslated)"
@@ -153,6 +153,14 @@ def score_translations(profile: Profile, target_domain: str, candidates: dict[st
 CEILING_ROWS = ("oracle camera, full resolution", "oracle camera through the DDPM's resolution")
 
 
+def oracle_camera_images(profile: Profile, target_domain: str) -> list[np.ndarray]:
+    """The first ``stage1_eval_images`` source training eyes re-acquired by ``target_domain``'s camera: a perfect
+    translation (same anatomy), which the synthetic benchmark can make and a real one cannot."""
+    return [generate_sample(s.domain, int(s.sample_id.rsplit("_", 1)[1]), split="train", size=profile.image_size,
+                            severity=profile.severity, seed=profile.seed, camera=target_domain).image
+            for s in sources_to_translate(profile)[:profile.stage1_eval_images]]
+
+
 def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None, cache=None) -> pd.DataFrame:
     """How much of the held-out gap can *any* translation at the DDPM's resolution close?
 
@@ -169,8 +177,7 @@ def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None,
     if segmenter is None:
         segmenter, cache = model_and_cache("litemedsam")
     sources = sources_to_translate(profile)[:profile.stage1_eval_images]
-    oracle = [generate_sample(s.domain, int(s.sample_id.rsplit("_", 1)[1]), split="train", size=profile.image_size,
-                              severity=profile.severity, seed=profile.seed, camera=target_domain).image for s in sources]
+    oracle = oracle_camera_images(profile, target_domain)
     size = profile.ddpm_image_size
     squeezed = to_full_resolution([s.image for s in sources], to_signed_tensor(oracle, size),
                                   translate_config(profile).change_low_pass)
