@@ -183,3 +183,42 @@ def test_stage1_target_lines_judge_each_target_against_the_bar_and_name_the_clos
     assert a.startswith("a: stage1 leaves 0.65") and "meets the bar" in a and "histogram_matching leaves 0.30" in a
     assert b.startswith("b: stage1 leaves 0.95") and "misses the bar" in b and "fda leaves 0.99" in b
     assert "oracle camera" not in b  # the ceiling is not a competitor
+
+
+def test_ceiling_clause_says_whether_any_translation_at_the_ddpm_size_can_meet_the_bar(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mfmda_lib.diffusion.comparison import (SOURCE_ROW, saved_stage1_ceiling, saved_stage1_targets,
+                                                stage1_target_lines)
+    from mfmda_lib.experiments import save_result
+
+    ceiling = pd.DataFrame(
+        [("a", 64, "low-pass 4", 0.90, 0.95), ("a", 64, "upsampled", 0.50, 0.80),  # 0.50 fails disc Dice: ignored
+         ("a", 256, "low-pass 1", 0.30, 0.95),
+         ("b", 64, "low-pass 4", 0.75, 0.95), ("b", 64, "upsampled", 0.60, 0.90), ("b", 256, "low-pass 1", 0.1, 0.9)],
+        columns=["target", "size", "glue", "gap_left", "disc_dice"]).set_index("target")
+    targets = pd.DataFrame([("a", SOURCE_ROW, 1.0, 0.93), ("a", "stage1", 0.95, 0.90),
+                            ("b", SOURCE_ROW, 1.0, 0.93), ("b", "stage1", 0.72, 0.90)],
+                           columns=["target", "method", "gap_left", "disc_dice"]).set_index("target")
+    monkeypatch.setenv("MFMDA_RESULTS", str(tmp_path))
+    save_result("mfmda_stage1_ceiling", PROFILES["cpu"], ceiling)
+    save_result("mfmda_stage1_targets", PROFILES["cpu"], targets)
+    measured_in, saved = saved_stage1_ceiling(tmp_path, "ci")
+    assert measured_in == "cpu" and list(saved.index.names) == ["target", "size", "glue"]
+    a, b = stage1_target_lines(saved_stage1_targets(tmp_path, "ci")[1], ceiling=saved, ddpm_size=64)
+    assert "at best 0.90 (low-pass 4)" in a and "out of reach" in a and "smallest size at which it meets the bar is 256 px" in a
+    assert "at best 0.60 (upsampled)" in b and "within reach" in b and "is 64 px" in b
+    assert stage1_target_lines(saved_stage1_targets(tmp_path, "ci")[1])[0] == a.split("; a perfect")[0] + "."
+
+
+def test_detail_gain_is_below_one_for_a_softer_camera_and_one_for_the_same():
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    from mfmda_lib.diffusion.comparison import detail_gain
+
+    rng = np.random.default_rng(0)
+    sharp = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    soft = [gaussian_filter(x.astype(float), (2, 2, 0)).round().astype(np.uint8) for x in sharp]
+    assert detail_gain(sharp, sharp, 16) == pytest.approx(1.0)
+    assert detail_gain(sharp, soft, 16) < 0.5 < 2 < detail_gain(soft, sharp, 16)

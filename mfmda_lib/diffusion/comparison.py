@@ -32,7 +32,7 @@ from ..data import FundusSample, benchmark_samples, generate_sample
 from ..models import model_and_cache, pooled_embeddings
 from ..profiles import Profile
 from .adaptation import VARIANTS
-from .ddpm import to_signed_tensor
+from .ddpm import resize, to_signed_tensor, to_uint8
 from .diaa import DIAA
 from .metrics import frechet_distance, intra_cluster_diversity, structure_preservation
 from .checkpoint import read_sidecar
@@ -43,7 +43,8 @@ from ..evaluation.reporting import load_result_or_fallback
 
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
            "translation_ceiling", "CEILING_ROWS", "score_translations", "oracle_camera_images", "GAP_LEFT_MAX", "DISC_DICE_MIN",
-           "STAGE1_TARGETS_RESULT", "saved_stage1_targets", "stage1_target_lines"]
+           "STAGE1_TARGETS_RESULT", "saved_stage1_targets", "stage1_target_lines", "ceiling_sweep",
+           "STAGE1_CEILING_RESULT", "UPSAMPLED", "DETAIL_MATCHED", "detail_gain", "detail_of", "saved_stage1_ceiling", "ceiling_clause"]
 
 SOURCE_ROW = "source (untranslated)"
 
@@ -186,6 +187,65 @@ def translation_ceiling(profile: Profile, target_domain: str, *, segmenter=None,
     return table.drop(index=SOURCE_ROW).rename_axis("row")
 
 
+#: the saved result of ``benchmarks/stage1_ceiling.py`` (``results/<name>_<profile>.json``)
+STAGE1_CEILING_RESULT = "mfmda_stage1_ceiling"
+#: the glues :func:`ceiling_sweep` tries besides the kit's (``low-pass k``)
+UPSAMPLED, DETAIL_MATCHED = "upsampled", "detail-matched"
+
+
+def detail_of(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 3, H, W) -> (B, 3, H, W)``: what a ``size`` px image cannot hold, ``x - up(down(x))``."""
+    return x - resize(resize(x, size), x.shape[-1])
+
+
+def detail_gain(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], size: int) -> float:
+    """RMS of the target images' detail over the sources' (detail: :func:`_detail` at ``size``): above 1 the target
+    camera is crisper or noisier than the source's, below 1 softer."""
+    def rms(images):
+        return float(detail_of(to_signed_tensor(images), size).pow(2).mean().sqrt())
+    return rms(targets) / max(rms(sources), 1e-12)
+
+
+def ceiling_sweep(profile: Profile, target_domain: str, sizes: Sequence[int], low_passes: Sequence[int] = (1, 2, 4),
+                  *, segmenter=None, cache=None) -> pd.DataFrame:
+    """What a *perfect* translation leaves of the held-out gap, per DDPM resolution and glue.
+
+    The oracle camera's images (:func:`oracle_camera_images`: the source eyes re-acquired by the target's camera)
+    are squeezed to each size ``S`` and brought back to full resolution:
+
+    - ``low-pass k``: the kit's glue (:func:`~.translate.to_full_resolution`: the change low-passed by ``k``, the
+      source's own detail kept);
+    - ``upsampled``: the squeezed image alone, upsampled (no source detail);
+    - ``detail-matched``: upsampled plus the source's detail scaled by :func:`detail_gain` of the K target images
+      (a glue the kit does not use; measured here as a candidate).
+
+    No stage-1 model is involved, so each row bounds what *any* translation at ``S`` can reach with that glue.
+
+    Returns:
+        Index ``(size, glue)``; columns ``gap_left``, ``disc_dice``, ``cup_dice`` (:func:`score_translations`).
+    """
+    if segmenter is None:
+        segmenter, cache = model_and_cache("litemedsam")
+    sources = [s.image for s in sources_to_translate(profile)[:profile.stage1_eval_images]]
+    k_images = [s.image for s in target_samples(profile, target_domain)]
+    oracle = oracle_camera_images(profile, target_domain)
+    x = to_signed_tensor(sources)  # (N, 3, H, W), full resolution
+    candidates, keys = {}, {}
+    for size in sizes:
+        squeezed = to_signed_tensor(oracle, size)  # (N, 3, S, S)
+        up = resize(squeezed, x.shape[-1])
+        glues = {f"low-pass {lp}": to_full_resolution(sources, squeezed, lp) for lp in low_passes}
+        glues[UPSAMPLED] = list(to_uint8(up))
+        glues[DETAIL_MATCHED] = list(to_uint8(up + detail_gain(sources, k_images, size) * detail_of(x, size)))
+        for glue, images in glues.items():
+            keys[f"{size} px, {glue}"] = (size, glue)
+            candidates[f"{size} px, {glue}"] = images
+    table = score_translations(profile, target_domain, candidates, segmenter=segmenter, cache=cache)
+    table = table.drop(index=SOURCE_ROW)
+    table.index = pd.MultiIndex.from_tuples([keys[n] for n in table.index], names=["size", "glue"])
+    return table
+
+
 def compare_variants(profile: Profile, target_domain: str, variants: Sequence[str] = VARIANTS, *,
                      segmenter=None, cache=None, progress: bool = True) -> Stage1Comparison:
     """Run (or load) every variant on ``target_domain`` and score it.
@@ -234,22 +294,53 @@ def compare_variants(profile: Profile, target_domain: str, variants: Sequence[st
     return Stage1Comparison(target_domain, sources, targets, translations, table, histories, seconds)
 
 
+def _saved_table(results_dir, name: str, index: list[str], profile_name: str, fallback: str
+                 ) -> tuple[str, pd.DataFrame] | None:
+    saved = load_result_or_fallback(results_dir, name, profile_name, fallback)
+    if saved is None:
+        return None
+    measured_in, result = saved
+    return measured_in, pd.DataFrame(result["table"]).set_index(index)
+
+
 def saved_stage1_targets(results_dir, profile_name: str, fallback: str = "cpu") -> tuple[str, pd.DataFrame] | None:
     """``benchmarks/stage1_targets.py``'s table for ``profile_name``, else ``fallback``'s (the committed cpu one).
 
     Returns:
         ``(profile it was measured in, table indexed by (target, method))``, or None if neither was saved.
     """
-    saved = load_result_or_fallback(results_dir, STAGE1_TARGETS_RESULT, profile_name, fallback)
-    if saved is None:
-        return None
-    measured_in, result = saved
-    return measured_in, pd.DataFrame(result["table"]).set_index(["target", "method"])
+    return _saved_table(results_dir, STAGE1_TARGETS_RESULT, ["target", "method"], profile_name, fallback)
 
 
-def stage1_target_lines(table: pd.DataFrame, method: str = "stage1") -> list[str]:
+def saved_stage1_ceiling(results_dir, profile_name: str, fallback: str = "cpu") -> tuple[str, pd.DataFrame] | None:
+    """``benchmarks/stage1_ceiling.py``'s table (:func:`ceiling_sweep` per target), indexed by
+    ``(target, size, glue)``, as :func:`saved_stage1_targets` finds it."""
+    return _saved_table(results_dir, STAGE1_CEILING_RESULT, ["target", "size", "glue"], profile_name, fallback)
+
+
+def ceiling_clause(rows: pd.DataFrame, ddpm_size: int) -> str:
+    """What a perfect translation reaches on one target (its :func:`ceiling_sweep` rows), as a clause: the best
+    ``gap_left`` through ``ddpm_size`` px that keeps disc Dice >= :data:`DISC_DICE_MIN`, and the smallest size
+    at which the bar is within reach."""
+    kept = rows[rows.disc_dice >= DISC_DICE_MIN]
+    reachable = sorted({size for (size, _), g in kept.gap_left.items() if g <= GAP_LEFT_MAX})
+    within = (f"the smallest size at which it meets the bar is {reachable[0]} px" if reachable else
+              f"no size up to {rows.index.get_level_values('size').max()} px meets the bar")
+    at = kept[kept.index.get_level_values("size") == ddpm_size]
+    if not len(at):
+        return f"a perfect translation through the DDPM's {ddpm_size} px keeps no disc Dice >= {DISC_DICE_MIN}; {within}"
+    (_, how), best = at.gap_left.idxmin(), at.gap_left.min()
+    reach = "out of reach" if best > GAP_LEFT_MAX else "within reach"
+    return (f"a perfect translation through the DDPM's {ddpm_size} px leaves at best {best:.2f} ({how}): the bar is "
+            f"{reach} at that size; {within}")
+
+
+def stage1_target_lines(table: pd.DataFrame, method: str = "stage1", ceiling: pd.DataFrame | None = None,
+                        ddpm_size: int | None = None) -> list[str]:
     """One sentence per target, computed from a :func:`saved_stage1_targets` table: does ``method`` meet the bar
-    (:data:`GAP_LEFT_MAX`, :data:`DISC_DICE_MIN`), and which candidate closes the most of the gap."""
+    (:data:`GAP_LEFT_MAX`, :data:`DISC_DICE_MIN`), and which candidate closes the most of the gap; with a
+    :func:`saved_stage1_ceiling` table and the DDPM's size, also what a perfect translation reaches
+    (:func:`ceiling_clause`)."""
     lines = []
     for target, rows in table.groupby(level="target", sort=False):
         rows = rows.droplevel("target")
@@ -259,6 +350,9 @@ def stage1_target_lines(table: pd.DataFrame, method: str = "stage1") -> list[str
         best = others.gap_left.idxmin() if len(others) else None
         against = (f"; {best} leaves {others.gap_left[best]:.2f} (disc Dice {others.disc_dice[best]:.2f})"
                    if best is not None else "")
+        limit = ""
+        if ceiling is not None and ddpm_size is not None and target in ceiling.index.get_level_values("target"):
+            limit = "; " + ceiling_clause(ceiling.xs(target, level="target"), ddpm_size)
         lines.append(f"{target}: {method} leaves {row.gap_left:.2f} of the gap with disc Dice {row.disc_dice:.2f}, "
-                     f"{bar} the bar (gap_left <= {GAP_LEFT_MAX}, disc Dice >= {DISC_DICE_MIN}){against}.")
+                     f"{bar} the bar (gap_left <= {GAP_LEFT_MAX}, disc Dice >= {DISC_DICE_MIN}){against}{limit}.")
     return lines
