@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .io import atomic_write
+from .io import TORCH, save_artefact
 from .precision import autocast, grad_scaler
 
 __all__ = ["FitConfig", "History", "fit", "trainable_state", "count_parameters", "ema_update"]
@@ -88,8 +88,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     payload = {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                "epochs": history.epochs, "best_epoch": history.best_epoch, "best_score": history.best_score,
                "best_state": best_state}
-    with atomic_write(path) as handle:
-        torch.save(payload, handle)
+    save_artefact(path, payload, TORCH)
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[int], Iterable],
