@@ -167,7 +167,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """``theta_teacher <- decay * theta_teacher + (1 - decay) * theta_student`` for every parameter, in place.
 
     The mean teacher of test-time adaptation (``decay`` = CoTTA's ``alpha``) and DINO's teacher
-    (``decay`` = its momentum ``lambda``, Sec. 3.1).
+    (``decay`` = its momentum ``lambda``, Sec. 3.1). The DDPM keeps diffusers' ``EMAModel`` instead: it holds
+    shadow weights (no teacher module to run), warms its decay up as ``min(decay, (1 + t) / (10 + t))`` from
+    0 at the first step, is checkpointed by its own ``state_dict`` and updates ``s -= (1 - d) (s - p)``, which
+    differs from this update in the last float bit; one EMA for both would change the DDPM's numbers.
     """
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(decay).add_(s.detach(), alpha=1 - decay)
