@@ -131,6 +131,8 @@ def save_artefact(path: str | os.PathLike, obj: Any, serializer: Serializer = TO
                   meta: dict | None = None) -> Path:
     """Write ``obj`` to ``path`` atomically; with ``meta``, then a sidecar ``<stem>.json`` = ``meta`` + ``sha256``."""
     path = Path(path)
+    if meta is not None and _sidecar(path) == path:
+        raise ValueError(f"{path}: a .json artefact cannot have a .json sidecar; pass meta=None or another suffix")
     with atomic_write(path, "wb") as handle:
         serializer.dump(obj, handle)
     if meta is not None:
@@ -155,8 +157,11 @@ def _problem(path: Path, serializer: Serializer, meta: dict | None, valid: Calla
     except _UNREADABLE as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         return None, f"it does not load ({type(exc).__name__}: {first})"
-    if valid is not None and not valid(obj):
-        return None, "it fails its validity check"
+    try:
+        if valid is not None and not valid(obj):
+            return None, "it fails its validity check"
+    except (KeyError, TypeError, AttributeError) as exc:  # another shape of artefact than the check expects
+        return None, f"it fails its validity check ({type(exc).__name__}: {exc})"
     return obj, None
 
 

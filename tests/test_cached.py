@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mfmda_lib.io import JSON, NPZ, NUMPY, TORCH, cached, load_artefact
+from mfmda_lib.io import JSON, NPZ, NUMPY, TORCH, cached, load_artefact, save_artefact
 
 
 class Counter:
@@ -77,6 +77,11 @@ def test_a_file_failing_its_validity_check_is_computed_again(tmp_path):
         got, computed = cached(path, compute, TORCH, valid=lambda p: p["key"] == "new")
     assert computed and torch.equal(got["x"], torch.ones(2))
     assert cached(path, compute, TORCH, valid=lambda p: p["key"] == "new")[1] is False and compute.calls == 1
+    save_artefact(path, torch.zeros(2), TORCH)  # now a plain tensor: the check itself fails on it
+    with pytest.warns(UserWarning, match=r"validity check \(AttributeError"):
+        assert cached(path, compute, TORCH, valid=lambda p: p.get("key") == "new")[1]
+    with pytest.raises(ValueError, match="sidecar"):
+        cached(tmp_path / "a.json", Counter({}), JSON, meta={"v": 1})
 
 
 def test_the_sidecar_checksum_and_meta_are_checked(tmp_path):
