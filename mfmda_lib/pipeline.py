@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .environment import get_device, paths
-from .io import atomic_write, atomic_write_json, save_png
+from .io import NPZ, atomic_write, atomic_write_json, save_artefact, save_png
 from .pipeline_io import PipelineConfig, RunState, TargetFolder, read_target_folder, write_predictions
 from .profiles import Profile, get_profile
 
@@ -268,15 +268,13 @@ def _run_user_folder(profile: Profile, config: PipelineConfig, target: TargetFol
         out = run_stage1(images, user_images[:profile.stage1_k_target], source_model=model, ddpm=ddpm, encoder=encoder, variant="mfmda",
                          adapt_config=stage1_config(profile), translate_cfg=translate_config(profile),
                          accelerator=accelerator, checkpoint=run_dir / "stage1" / name / "adapt.pt", progress=progress)
-        with atomic_write(cache) as handle:
-            np.savez_compressed(handle, images=np.stack(out.images))
+        save_artefact(cache, {"images": np.stack(out.images)}, NPZ)
         for i, img in enumerate(out.images[:8]):
             save_png(run_dir / "translations" / name / f"{source[i].sample_id}.png", img)
         return {"images": len(out.images)}
 
     _stage(state, f"stage1/{name}", result.seconds, log, stage1)
-    with np.load(cache, allow_pickle=False) as npz:
-        translated_images = list(npz["images"])
+    translated_images = list(NPZ.load(cache)["images"])
     from .data import FundusSample
 
     translated = [FundusSample(image=img, disc=s.disc, cup=s.cup, domain=s.domain, sample_id=s.sample_id,

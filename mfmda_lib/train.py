@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .io import atomic_write
+from .io import TORCH, save_artefact
 from .precision import autocast, grad_scaler
 
 __all__ = ["FitConfig", "History", "fit", "trainable_state", "count_parameters", "ema_update"]
@@ -88,8 +88,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     payload = {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                "epochs": history.epochs, "best_epoch": history.best_epoch, "best_score": history.best_score,
                "best_state": best_state}
-    with atomic_write(path) as handle:
-        torch.save(payload, handle)
+    save_artefact(path, payload, TORCH)
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[int], Iterable],
@@ -168,7 +167,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """``theta_teacher <- decay * theta_teacher + (1 - decay) * theta_student`` for every parameter, in place.
 
     The mean teacher of test-time adaptation (``decay`` = CoTTA's ``alpha``) and DINO's teacher
-    (``decay`` = its momentum ``lambda``, Sec. 3.1).
+    (``decay`` = its momentum ``lambda``, Sec. 3.1). The DDPM keeps diffusers' ``EMAModel`` instead: it holds
+    shadow weights (no teacher module to run), warms its decay up as ``min(decay, (1 + t) / (10 + t))`` from
+    0 at the first step, is checkpointed by its own ``state_dict`` and updates ``s -= (1 - d) (s - p)``, which
+    differs from this update in the last float bit; one EMA for both would change the DDPM's numbers.
     """
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(decay).add_(s.detach(), alpha=1 - decay)

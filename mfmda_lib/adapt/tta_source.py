@@ -21,7 +21,7 @@ import torch
 
 from ..data import PIXEL_STD, SOURCE_DOMAIN, FundusSample, benchmark_samples, normalised_tensors
 from ..environment import paths, seed_everything
-from ..io import atomic_write
+from ..io import cached
 from ..losses import dice_bce_loss, soft_dice
 from ..models.unet import UNet, UNetConfig
 from ..profiles import Profile
@@ -96,11 +96,18 @@ def train_source_model(train: Sequence[FundusSample], val: Sequence[FundusSample
     seed_everything(seed)
     model = UNet(config.unet)
     final = Path(checkpoint) if checkpoint is not None else None
-    if final is not None and final.is_file():
-        payload = torch.load(final, map_location="cpu", weights_only=True)
+    partial = final.with_name(final.name + ".partial") if final is not None else None
+    payload, trained = cached(final, lambda: _train(model, train, val, size, epochs, config, partial, seed, progress))
+    if not trained:
         model.load_state_dict(payload["model"])
-        return model.eval(), {**payload["info"], "trained": False}
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    return model.eval(), {**payload["info"], "trained": trained}
 
+
+def _train(model: UNet, train: Sequence[FundusSample], val: Sequence[FundusSample], size: int, epochs: int,
+           config: SourceTrainConfig, partial: Path | None, seed: int, progress: bool) -> dict:
+    """Fit ``model`` in place (resumable from ``partial``); the checkpoint payload ``{"model", "info"}``."""
     x, y = normalised_tensors(train, size)  # (N, 3, S, S), (N, 2, S, S)
     vx, vy = normalised_tensors(val, size)
     g = torch.Generator().manual_seed(seed)
@@ -122,17 +129,12 @@ def train_source_model(train: Sequence[FundusSample], val: Sequence[FundusSample
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start = time.perf_counter()
-    partial = final.with_name(final.name + ".partial") if final is not None else None
     history = fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs, patience=config.patience),
                   validate=validate, checkpoint=partial, desc="source U-Net", progress=progress)
     info = {"trained": True, "val_dice": history.best_score, "best_epoch": history.best_epoch,
             "epochs_run": len(history.epochs), "seconds": round(time.perf_counter() - start, 1),
             "n_train": len(train), "n_val": len(val)}
-    if final is not None:
-        with atomic_write(final) as handle:
-            torch.save({"model": model.state_dict(), "info": info}, handle)
-        partial.unlink(missing_ok=True)
-    return model.eval(), info
+    return {"model": model.state_dict(), "info": info}
 
 
 def _checkpoint_path(profile: Profile, config: SourceTrainConfig, seed: int) -> Path:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..io import TORCH, save_artefact
 from .features import FeatureBank, take_batch
 from .losses import channel_spatial_alignment, segmentation_loss
 from .rein import PREFIX
@@ -158,8 +158,7 @@ def _save(path: Path, model: Stage2Model, optimizers: Sequence[torch.optim.Optim
           history: Stage2History) -> None:
     payload = {"model": model.trainable_state(), "epochs": history.epochs,
                "optimizers": [o.state_dict() if o is not None else None for o in optimizers]}
-    with atomic_write(path) as handle:
-        torch.save(payload, handle)
+    save_artefact(path, payload, TORCH)
 
 
 def _load(path: Path, model: Stage2Model, optimizers: Sequence[torch.optim.Optimizer | None],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_write, atomic_write_json, sha256_file
+from ..io import TORCH, save_artefact, sha256_file
 from ..models.base import ChecksumError
 from .conditioned import ContentConditionedUNet
 from .ddpm import DDPMConfig, build_unet
@@ -50,11 +50,9 @@ def save_ddpm(path: str | Path, model: ContentConditionedUNet, config: DDPMConfi
     path = Path(path)
     half = lambda m: {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()  # noqa: E731
                       for k, v in m.state_dict().items()}
-    with atomic_write(path) as handle:
-        torch.save({"config": config.to_dict(), "unet": half(model.unet), "fusion": half(model.fusion)}, handle)
-    digest = sha256_file(path)
-    atomic_write_json(sidecar_path(path), {"file": path.name, "sha256": digest, "config": config.to_dict(), **meta})
-    return digest
+    save_artefact(path, {"config": config.to_dict(), "unet": half(model.unet), "fusion": half(model.fusion)}, TORCH,
+                  meta={"file": path.name, "config": config.to_dict(), **meta})  # the sidecar, with the sha256
+    return read_sidecar(path)["sha256"]
 
 
 def load_ddpm(path: str | Path, sha256: str | None = None, *, rebuild_hint: str = "") -> tuple[ContentConditionedUNet, DDPMConfig]:

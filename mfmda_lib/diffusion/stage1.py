@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from accelerate import Accelerator
 
 from ..data import SOURCE_DOMAIN, TARGET_DOMAINS, FundusSample, benchmark_samples
 from ..environment import get_device, paths
-from ..io import atomic_write, atomic_write_json, sha256_file
+from ..io import NPZ, cached
 from ..models import load_model
 from ..profiles import Profile
 from .adaptation import VARIANTS, Stage1Config, Stage1State, adapt
@@ -187,26 +186,6 @@ def stage1_dir(profile: Profile, target_domain: str, variant: str, ddpm_sha: str
     return paths().cache / "mfmda" / profile.name / target_domain / f"{variant}-{_key(profile, target_domain, variant, ddpm_sha)}"
 
 
-def _load_translations(folder: Path, ids: list[str]) -> list[np.ndarray] | None:
-    manifest, data = folder / "translated.json", folder / "translated.npz"
-    if not manifest.is_file() or not data.is_file():
-        return None
-    meta = json.loads(manifest.read_text())
-    if meta.get("ids") != ids or sha256_file(data) != meta.get("sha256"):
-        return None  # stale or corrupt: recompute
-    with np.load(data, allow_pickle=False) as npz:
-        return list(npz["images"])
-
-
-def _save_translations(folder: Path, ids: list[str], images: list[np.ndarray], meta: dict) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=np.stack(images))
-    with atomic_write(folder / "translated.npz") as handle:
-        handle.write(buffer.getvalue())
-    atomic_write_json(folder / "translated.json", {"ids": ids, "sha256": sha256_file(folder / "translated.npz"),
-                                                   **meta})
-
-
 def translated_source(profile: Profile, target_domain: str, *, variant: str = "mfmda",
                       progress: bool = True, accelerator: Accelerator | None = None,
                       callback: Callable[[int, dict], None] | None = None,
@@ -234,20 +213,21 @@ def translated_source(profile: Profile, target_domain: str, *, variant: str = "m
     model, ddpm, ddpm_path = load_source_ddpm(profile, accelerator=accelerator, progress=progress)
     ddpm_sha = json.loads(ddpm_path.with_suffix(".json").read_text())["sha256"]
     folder = stage1_dir(profile, target_domain, variant, ddpm_sha)
-    images = _load_translations(folder, ids)
-    if images is None:
-        accelerator = accelerator or make_accelerator(get_device())
+
+    def compute() -> dict[str, np.ndarray]:
+        acc = accelerator or make_accelerator(get_device())
         x_source = to_signed_tensor([s.image for s in sources], ddpm.image_size)
-        encoder = encoder if encoder is not None else feature_encoder(profile, x_source, accelerator.device)
+        f = encoder if encoder is not None else feature_encoder(profile, x_source, acc.device)
         out = run_stage1([s.image for s in sources], [t.image for t in targets], source_model=model, ddpm=ddpm,
-                         encoder=encoder, variant=variant,
+                         encoder=f, variant=variant,
                          adapt_config=stage1_config(profile, "mfmda" if variant == "none" else variant),
-                         translate_cfg=translate_config(profile), accelerator=accelerator,
+                         translate_cfg=translate_config(profile), accelerator=acc,
                          checkpoint=folder / "adapt.pt", callback=callback, progress=progress)
-        images = out.images
-        _save_translations(folder, ids, images, {"profile": profile.name, "target": target_domain,
-                                                 "variant": variant, "ddpm_sha256": ddpm_sha,
-                                                 "k_target": len(targets)})
+        return {"images": np.stack(out.images)}
+
+    meta = {"ids": ids, "profile": profile.name, "target": target_domain, "variant": variant,
+            "ddpm_sha256": ddpm_sha, "k_target": len(targets)}  # translated.json beside translated.npz
+    images = list(cached(folder / "translated.npz", compute, NPZ, meta=meta)[0]["images"])
     return [FundusSample(image=img, disc=s.disc, cup=s.cup, domain=s.domain, sample_id=s.sample_id,
                          glaucoma=s.glaucoma, meta={**s.meta, "translated_to": target_domain, "variant": variant})
             for s, img in zip(sources, images)]

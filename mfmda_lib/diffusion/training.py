@@ -32,7 +32,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..io import TORCH, save_artefact
 from ..precision import accelerate_mixed_precision, autocast
 from ..train import trainable_state
 from .conditioned import ContentConditionedUNet
@@ -138,8 +138,7 @@ def _save(path: Path, step: int, modules: dict[str, nn.Module], optimizer, extra
                "extras": {n: e.state_dict() for n, e in extras.items()}}
     if with_optimizer:
         payload["optimizer"] = optimizer.state_dict()
-    with atomic_write(path) as handle:
-        torch.save(payload, handle)
+    save_artefact(path, payload, TORCH)
 
 
 def _load(path: Path, steps: int, modules: dict[str, nn.Module], optimizer, extras: dict, history: StepHistory,

@@ -12,7 +12,6 @@ rounded through float16 too, so a result does not depend on whether it was a hit
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..environment import paths
-from ..io import atomic_write, sha256_bytes
+from ..io import NUMPY, load_artefact, save_artefact, sha256_bytes
 from .base import PromptableSegmenter, check_images
 
 __all__ = ["EmbeddingCache", "embed", "pooled_embeddings", "segment"]
@@ -77,25 +76,16 @@ class EmbeddingCache:
 
     def load(self, key: str) -> np.ndarray | None:
         """The stored ``(C, h, w)`` float16 embedding, or ``None`` (a miss). Unreadable files count as misses."""
-        path = self.path(key)
-        if not path.is_file():
+        array = load_artefact(self.path(key), NUMPY)  # None when absent, or unreadable (with a warning)
+        if array is None:
             self.misses += 1
-            return None
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            warnings.warn(f"embedding cache entry {path} is unreadable ({exc}); recomputing it", stacklevel=2)
-            self.misses += 1
-            return None
-        self.hits += 1
+        else:
+            self.hits += 1
         return array
 
     def save(self, key: str, embedding: np.ndarray) -> Path:
         """Store a ``(C, h, w)`` embedding as float16, atomically; returns its file."""
-        path = self.path(key)
-        with atomic_write(path, "wb") as handle:
-            np.save(handle, np.asarray(embedding, dtype=np.float16), allow_pickle=False)
-        return path
+        return save_artefact(self.path(key), np.asarray(embedding, dtype=np.float16), NUMPY)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data import DOMAINS, PIXEL_MEAN, PIXEL_STD, normalised_tensors
 from ..data.synthetic import generate_sample
 from ..environment import paths
-from ..io import atomic_write, sha256_bytes
+from ..io import TORCH, cached, sha256_bytes
 from ..profiles import Profile
 
 __all__ = ["pool_path", "unlabelled_pool", "pool_domains"]
@@ -48,17 +48,6 @@ def pool_domains(profile: Profile) -> list[str]:
     return [d for d in DOMAINS for _ in range(profile.ssl_pool_per_domain)]
 
 
-def _load(path: Path, key: dict) -> torch.Tensor | None:
-    if not path.is_file():
-        return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    images = payload.get("images")
-    if (payload.get("key") != json.dumps(key, sort_keys=True) or images is None
-            or sha256_bytes(images.numpy().tobytes()) != payload.get("sha256")):
-        return None  # stale or corrupted: render again
-    return images
-
-
 def _render(profile: Profile, progress: bool) -> torch.Tensor:
     jobs = [(d, i) for d in DOMAINS for i in range(profile.ssl_pool_per_domain)]
     out = []
@@ -78,12 +67,16 @@ def unlabelled_pool(profile: Profile, *, progress: bool = True) -> torch.Tensor:
 
     Loaded from the cache when present and its checksum matches, else rendered and saved atomically.
     """
-    key, path = _key(profile), pool_path(profile)
-    images = _load(path, key)
-    if images is None:
-        images = _render(profile, progress)
-        with atomic_write(path) as handle:
-            torch.save({"images": images, "key": json.dumps(key, sort_keys=True),
-                        "sha256": sha256_bytes(images.numpy().tobytes())}, handle)
-    return (images.float() / 255 - PIXEL_MEAN) / PIXEL_STD
+    key = json.dumps(_key(profile), sort_keys=True)
 
+    def render() -> dict:
+        images = _render(profile, progress)
+        return {"images": images, "key": key, "sha256": sha256_bytes(images.numpy().tobytes())}
+
+    def intact(payload: dict) -> bool:  # not stale, not corrupted
+        images = payload.get("images")
+        return (payload.get("key") == key and images is not None
+                and sha256_bytes(images.numpy().tobytes()) == payload.get("sha256"))
+
+    payload, _ = cached(pool_path(profile), render, TORCH, valid=intact)
+    return (payload["images"].float() / 255 - PIXEL_MEAN) / PIXEL_STD

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.nn import functional as F
 
-from ..io import atomic_write
+from ..io import TORCH, load_artefact, save_artefact
 
 __all__ = ["ViTConfig", "ViTEncoder", "patchify", "unpatchify", "standardize_images", "save_encoder", "load_encoder"]
 
@@ -203,23 +203,20 @@ class ViTEncoder(nn.Module):
 def save_encoder(path: str | Path, encoder: ViTEncoder, info: dict | None = None,
                  extras: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the encoder's weights, its config and ``info`` (plain numbers and strings) atomically."""
-    path = Path(path)
     payload = {"model": encoder.state_dict(), "config": asdict(encoder.config), "info": info or {},
                "extras": extras or {}}
-    with atomic_write(path) as handle:
-        torch.save(payload, handle)
-    return path
+    return save_artefact(path, payload, TORCH)
 
 
 def load_encoder(path: str | Path, config: ViTConfig | None = None) -> tuple[ViTEncoder, dict, dict] | None:
-    """``(encoder, info, extras)`` from ``path`` (``weights_only`` load), or None when the file is absent.
+    """``(encoder, info, extras)`` from ``path`` (``weights_only`` load), or None when the file is absent or
+    unreadable (then with a warning naming it, so that the caller trains again).
 
     Raises ValueError when the file was written for another :class:`ViTConfig` than ``config``.
     """
-    path = Path(path)
-    if not path.is_file():
+    payload = load_artefact(path, TORCH)
+    if payload is None:
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
     saved = ViTConfig(**{"standardize_input": False, **payload["config"]})  # files older than the flag
     if config is not None and saved != config:
         raise ValueError(f"{path}: saved for {saved}, not {config}; delete the file or use its config")
