@@ -280,7 +280,7 @@ SIZES: dict[str, tuple] = {
     "ssl_mae_steps":      (8, 4000, 8000, 4000),
     "ssl_dino_steps":     (4, 250, 4000, 600),
     "ssl_batch_size":     (8, 32, 128, 32),
-    "ssl_label_draws":    (2, 8, 8, 4),
+    "ssl_label_draws":    (2, 4, 8, 4),
     "ssl_downstream_steps": (1, 150, 250, 150),
     "ssl_select_draws":   (1, 2, 3, 2),
     # notebooks 03-04 (rows go here)
