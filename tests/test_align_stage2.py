@@ -46,6 +46,11 @@ def test_config_is_validated():
         _config(steps=("align", "nope"))
     with pytest.raises(ValueError, match="trains the Rein tokens"):
         _config(use_rein=False)  # the default steps include "align"
+    with pytest.raises(ValueError, match="no unit for the Rein tokens"):  # "no Rein" is said one way: use_rein=False
+        _config(rein_from=None, steps=("source",))
+    assert _config(rein_from=None, use_rein=False, steps=("source",)).rein_from is None  # the whole encoder cached
+    with pytest.raises(ValueError, match="leaving no unit for the tokens"):
+        PyramidEncoder(tiny_vit(), TAPS, None, _config().rein)
     with pytest.raises(ValueError, match="head_levels"):
         _config(head_levels="top")
     assert _config().digest() != _config(epochs=4).digest()

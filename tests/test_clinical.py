@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.functional.classification import binary_calibration_error
 
 from mfmda_lib.data import generate_sample
-from mfmda_lib.evaluation import calibration, clinical, reporting, screening
+from mfmda_lib.evaluation import calibration, clinical, metrics, reporting, screening
 from mfmda_lib.evaluation.clinical import ClinicalConfig
 
 CONFIG = ClinicalConfig(n_resamples=400, seed=0)
@@ -85,7 +85,7 @@ def test_rank_auc_matches_scikit_learn_with_ties():
     rng = np.random.default_rng(0)
     labels = rng.random((20, 15)) < 0.4
     scores = np.round(rng.random((20, 15)), 1)  # many ties
-    auc = screening._auc_per_row(labels, scores)
+    auc = metrics.auroc_rows(labels, scores)
     for row in range(20):
         if 0 < labels[row].sum() < 15:
             assert auc[row] == pytest.approx(roc_auc_score(labels[row], scores[row]))

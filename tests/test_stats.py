@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mfmda_lib.evaluation import comparisons, stats
+from mfmda_lib.evaluation import comparisons, metrics, stats
 
 
 def _rows(method, values, seeds=(0, 1, 2)):
@@ -94,7 +94,7 @@ def test_group_difference_resamples_each_group_on_its_own():
     assert np.isnan(comparisons.group_difference(a, [np.nan])[0])
 
 
-def test_seed_auroc_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
+def test_auroc_rows_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(3)
@@ -102,15 +102,15 @@ def test_seed_auroc_matches_sklearn_and_compare_auroc_pairs_seeds_and_images():
     scores = rng.normal(size=(3, 40)) + 2 * labels  # informative
     scores[0, :5] = 0.25  # ties
     expected = [roc_auc_score(labels, s) for s in scores]
-    assert comparisons.seed_auroc(scores, labels) == pytest.approx(expected)
-    assert np.isnan(comparisons.seed_auroc(scores, np.zeros(40))).all()  # one class: undefined
+    assert metrics.auroc_rows(labels, scores) == pytest.approx(expected)
+    assert np.isnan(metrics.auroc_rows(np.zeros(40), scores)).all()  # one class: undefined
     rows = [{"method": m, "seed": s, "domain": "d", "sample_id": f"i{j}", "pred": float(v), "y": int(labels[j])}
             for m, x in (("good", scores), ("blind", rng.normal(size=(3, 40)))) for s in range(3)
             for j, v in enumerate(x[s])]
     c = comparisons.compare_auroc(rows, "pred", "y", "good", "blind")
     assert c.verdict == "better" and c.n_seeds == 3 and c.n_images == 40 and c.low < c.diff < c.high
-    assert c.diff == pytest.approx(np.mean(expected) - np.mean(comparisons.seed_auroc(
-        np.array([[r["pred"] for r in rows if r["method"] == "blind" and r["seed"] == s] for s in range(3)]), labels)))
+    assert c.diff == pytest.approx(np.mean(expected) - np.mean(metrics.auroc_rows(labels,
+        np.array([[r["pred"] for r in rows if r["method"] == "blind" and r["seed"] == s] for s in range(3)]))))
     assert comparisons.compare_auroc(rows, "pred", "y", "good", "good").verdict == stats.NO_DIFFERENCE
 
 

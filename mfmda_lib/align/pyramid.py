@@ -80,9 +80,9 @@ class PyramidEncoder(nn.Module):
             It is frozen here (``requires_grad_(False)``, ``eval()``); its modules are not replaced.
         taps: unit names of the pyramid levels, shallow to deep.
         rein_from: first unit that gets tokens; with ``"blocks"`` also the cut between the cached
-            prefix and the suffix. ``None``: no tokens, everything is prefix.
-        rein: :class:`ReinConfig`; ``None``: no tokens (with ``"blocks"`` the suffix then runs the
-            frozen units after the cut, so the cached prefix is the same with and without tokens).
+            prefix and the suffix. ``None``: no cut, everything is prefix (then ``rein`` must be ``None``).
+        rein: :class:`ReinConfig`; ``None``: no tokens, the one way to say so (with ``"blocks"`` the suffix then
+            runs the frozen units after the cut, so the cached prefix is the same with and without tokens).
         placement: ``"blocks"`` or ``"levels"``.
 
     Attributes:
@@ -103,6 +103,9 @@ class PyramidEncoder(nn.Module):
         if rein_from is not None and (rein_from not in names or names.index(rein_from) > names.index(taps[-1])):
             raise ValueError(f"PyramidEncoder: rein_from {rein_from!r} must be a unit at or before the deepest tap "
                              f"{taps[-1]!r}; units: {names}")
+        if rein_from is None and rein is not None:
+            raise ValueError("PyramidEncoder: rein_from=None caches the whole encoder, leaving no unit for the tokens: "
+                             "pass rein=None, or name rein_from")
         if placement not in PLACEMENTS:
             raise ValueError(f"PyramidEncoder: placement must be one of {PLACEMENTS}, got {placement!r}")
         self.encoder = encoder.requires_grad_(False).eval()

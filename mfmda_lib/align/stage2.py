@@ -72,13 +72,15 @@ class Stage2Config:
     Attributes:
         taps: encoder units read out as pyramid levels, shallow to deep.
         rein_from: first unit that gets Rein tokens (``layers.1.blocks.0``: every attention block
-            of TinyViT). ``None``: no tokens, everything frozen and cached.
+            of TinyViT), and the cut between the cached prefix and the blocks run at each step. ``None``: no
+            cut, the whole frozen encoder cached (only with ``use_rein=False``: it does not say "no Rein").
         rein_placement: ``"blocks"``: after every block from ``rein_from``, each change feeding the
             next blocks (the paper; the kit's default in every profile); ``"levels"``: on each tapped
             level only, the frozen blocks seeing unchanged features, so the whole encoder is cached and a
             step costs only the tokens and the head (an ablation: each level's alignment then has a
             trivial solution, the tokens of that level alone). See :class:`PyramidEncoder`.
-        use_rein: ``False``: no tokens, only the head trains (the "no Rein" ablation; same cut).
+        use_rein: ``False``: no tokens, only the head trains (the "no Rein" ablation; same cut). The one
+            way to say "no Rein".
         rein: size of the tokens.
         head_levels: ``"pyramid"`` (every tap) or ``"last"`` (the deepest tap only, an ablation).
         head_width: channels inside the head.
@@ -130,9 +132,11 @@ class Stage2Config:
         bad = [s for s in self.steps if s not in STEPS]
         if bad or not self.steps:
             raise ValueError(f"Stage2Config.steps must be a non-empty subset of {STEPS}, got {self.steps}")
-        if "align" in self.steps and (self.rein_from is None or not self.use_rein):
-            raise ValueError("Stage2Config: the 'align' step trains the Rein tokens; set rein_from and use_rein, "
-                             "or drop 'align'")
+        if self.rein_from is None and self.use_rein:
+            raise ValueError("Stage2Config: rein_from=None (the whole encoder cached) has no unit for the Rein tokens; "
+                             "say 'no Rein' with use_rein=False, or name rein_from")
+        if "align" in self.steps and not self.use_rein:
+            raise ValueError("Stage2Config: the 'align' step trains the Rein tokens; set use_rein, or drop 'align'")
         if self.align_taps is not None and (not self.align_taps or any(t not in self.taps for t in self.align_taps)):
             raise ValueError(f"Stage2Config.align_taps {self.align_taps} must be a non-empty subset of taps {self.taps}")
         if self.epochs < 1 or self.batch_size < 1 or self.head_width < 1:

@@ -70,7 +70,7 @@ def make_optimizers(model: Stage2Model, config: Stage2Config
     if "align" in config.steps:
         tokens = token_parameters(model)
         if not tokens:
-            raise ValueError("make_optimizers: the 'align' step needs trainable Rein tokens (use_rein, rein_from)")
+            raise ValueError("make_optimizers: the 'align' step needs trainable Rein tokens (use_rein)")
         align_optimizer = torch.optim.SGD(tokens, lr=config.align_lr or config.lr, momentum=config.momentum,
                                           nesterov=nesterov)
     return optimizer, align_optimizer

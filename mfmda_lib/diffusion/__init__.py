@@ -11,7 +11,8 @@ Modules, bottom up (a module imports only those above it):
 - ``checkpoint``: float16 checkpoints with a checksummed sidecar; ``source``: a profile's source
   DDPM (shipped checkpoint, else cache, else train)
 - ``features`` (the frozen encoder ``f``), ``diaa`` (the Dynamic Instance-Aware Adaptor),
-  ``losses`` (L_DC, style, time weights), ``adaptation`` (stage 1 and its variants)
+  ``losses`` (L_DC, style, time weights), ``adaptation`` (stage 1; each variant a strategy in
+  ``VARIANT_STRATEGIES``: whether a DIAA learns ``Delta``, and one iteration's loss)
 - ``stage1``: the contract ``translated_source(profile, target_domain, variant=...)`` and
   ``run_stage1`` for explicit images; ``metrics`` and ``comparison`` (notebook 08); ``figures``
 """

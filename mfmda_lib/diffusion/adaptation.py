@@ -27,6 +27,7 @@ deterministic per step. Each step logs its weighted terms (``l_dc``, ``l_style``
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,7 +43,7 @@ from .features import FrozenFeatureEncoder
 from .losses import EVEN_T_RANGE, ODD_T_RANGE, distribution_consistency_loss, gram_matrix, stage1_weights, style_loss
 from .training import StepHistory, diffusion_loss, make_accelerator, run_steps
 
-__all__ = ["VARIANTS", "Stage1Config", "Stage1State", "adapt"]
+__all__ = ["VARIANTS", "Variant", "VARIANT_STRATEGIES", "Stage1Config", "Stage1State", "adapt"]
 
 #: stage-1 variants; ``"none"`` means no adaptation (translate with the source DDPM).
 VARIANTS = ("none", "naive", "static", "mfmda")
@@ -130,6 +131,95 @@ def _prepared(model: ContentConditionedUNet, diaa: DIAA | None, config: Stage1Co
     return model, None, optimizer
 
 
+# ---------------------------------------------------------------------------------------------
+# one iteration of each variant
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """What an iteration reads: the prepared model, the data, ``f`` and its targets, all on ``device``."""
+
+    model: torch.nn.Module  # the prepared ContentConditionedUNet
+    plain: ContentConditionedUNet  # the same, unwrapped
+    encoder: FrozenFeatureEncoder
+    x_source: torch.Tensor  # (N, 3, S, S), CPU
+    x_target: torch.Tensor  # (K, 3, S, S), CPU
+    alpha_bar: torch.Tensor  # (T,)
+    f_source: torch.Tensor  # (N, D)
+    target_gram: list[torch.Tensor]  # per layer (C_l, C_l)
+    direction: Callable[[torch.Tensor], torch.Tensor]  # f(x_S) (B, D) -> Delta, (B, D) or (D,)
+    config: Stage1Config
+    device: torch.device
+
+    def target_diffusion_loss(self, t: torch.Tensor, weight: torch.Tensor, g: torch.Generator
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted L_diff, unweighted L_diff) on a batch of target images at timesteps t."""
+        idx = torch.randint(0, len(self.x_target), (len(t),), generator=g)
+        noise = torch.randn((len(t), *self.x_target.shape[1:]), generator=g)
+        x0, t, noise, weight = (v.to(self.device) for v in (self.x_target[idx], t, noise, weight))
+        with autocast(self.device):
+            eps_hat = self.model(q_sample(x0, t, noise, self.alpha_bar), t)  # unconditional: no x_c (the authors' code)
+        return (diffusion_loss(noise, eps_hat, self.config.diffusion_loss, weight),
+                diffusion_loss(noise, eps_hat.detach(), self.config.diffusion_loss))
+
+
+def _naive_iteration(run: _Run, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """``naive``: plain fine-tuning, ``L_diff`` on the K target images at ``t ~ U[0, T)``."""
+    B = run.config.batch_size
+    t = _uniform_t(0, len(run.alpha_bar), B, g)
+    l_diff, l_target = run.target_diffusion_loss(t, torch.ones(B), g)
+    return l_diff, {"l_target": l_target}
+
+
+def _guided_iteration(run: _Run, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """``mfmda`` / ``static``: the even/odd iteration of the module docstring, ``Delta`` from ``run.direction``."""
+    B, T, alpha_bar, device = run.config.batch_size, len(run.alpha_bar), run.alpha_bar, run.device
+    even = step % 2 == 0
+    t = _uniform_t(*(EVEN_T_RANGE if even else ODD_T_RANGE), B, g)
+    w_dir, w_diff = stage1_weights(t, even, T)
+    l_diff, l_target = run.target_diffusion_loss(t, w_diff, g)
+    if not even:
+        return l_diff, {"l_diff": l_diff.detach(), "l_target": l_target}
+    idx = torch.randint(0, len(run.x_source), (B,), generator=g)
+    noise, content_noise = torch.randn((2, B, *run.x_source.shape[1:]), generator=g)
+    gate_noise = torch.randn(run.plain.bottleneck_shape(B), generator=g)
+    x_s, t, noise, content_noise, gate_noise, w_dir = (v.to(device) for v in (
+        run.x_source[idx], t, noise, content_noise, gate_noise, w_dir))
+    x_t = q_sample(x_s, t, noise, alpha_bar)  # (B, 3, S, S)
+    with autocast(device):
+        eps_hat = run.model(x_t, t, q_sample(x_s, t, content_noise, alpha_bar), gate_noise)
+    x0_hat = predict_x0(x_t, t, eps_hat.float(), alpha_bar)  # (B, 3, S, S) x0_hat^{S->T}
+    maps = run.encoder.feature_pyramid(x0_hat)  # [(B, C_l, N_l)]: gradients flow to x0_hat, f itself is frozen
+    f_hat = run.encoder.standardise(maps[-1].mean(dim=2))  # (B, D): the deepest unit, pooled
+    f_s = run.f_source[idx.to(device)]
+    l_dc = distribution_consistency_loss(f_hat, f_s, run.direction(f_s), w_dir)
+    l_style = style_loss(maps, run.target_gram, w_dir)
+    loss = run.config.dc_weight * l_dc + run.config.style_weight * l_style + l_diff
+    return loss, {"l_dc": l_dc.detach(), "l_style": l_style.detach(), "l_diff": l_diff.detach(),
+                  "l_target": l_target}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A stage-1 variant as a strategy: whether a DIAA learns ``Delta``, and one iteration's loss.
+
+    Attributes:
+        learns_direction: ``Delta`` from a trained DIAA (else ``Delta_static`` for every image).
+        iteration: ``(run, step, generator) -> (loss, logs)``.
+    """
+
+    learns_direction: bool
+    iteration: Callable[[_Run, int, torch.Generator], tuple[torch.Tensor, dict]]
+
+
+#: the adapted variants (``"none"`` adapts nothing)
+VARIANT_STRATEGIES: dict[str, Variant] = {
+    "naive": Variant(learns_direction=False, iteration=_naive_iteration),
+    "static": Variant(learns_direction=False, iteration=_guided_iteration),
+    "mfmda": Variant(learns_direction=True, iteration=_guided_iteration),
+}
+
+
 def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch.Tensor,
           encoder: FrozenFeatureEncoder, alpha_bar: torch.Tensor, config: Stage1Config, *,
           accelerator: Accelerator | None = None, checkpoint: str | Path | None = None,
@@ -142,7 +232,7 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
         x_target: ``(K, 3, S, S)`` unlabelled target images in ``[-1, 1]`` (CPU).
         encoder: the frozen, calibrated ``f``.
         alpha_bar: ``(T,)`` cumulative alphas of the model's schedule.
-        config: :class:`Stage1Config`.
+        config: :class:`Stage1Config` (its ``variant`` picks the :data:`VARIANT_STRATEGIES` entry).
         accelerator: default :func:`~.training.make_accelerator` ``()``.
         checkpoint: resumable checkpoint (weights of U-Net, fusion and DIAA; optimizer; step).
         callback: ``(step, logs)`` after each step.
@@ -150,63 +240,24 @@ def adapt(model: ContentConditionedUNet, x_source: torch.Tensor, x_target: torch
     Returns:
         :class:`Stage1State`; the model is in eval mode.
     """
+    variant = VARIANT_STRATEGIES[config.variant]
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
     encoder = encoder.to(device)
-    T = len(alpha_bar)
     f_source, f_target, target_gram = _encoded(encoder, x_source, x_target, device)
     c_source, c_target = f_source.mean(0), f_target.mean(0)  # (D,)
-    diaa = DIAA(c_source, c_target) if config.variant == "mfmda" else None
+    diaa = DIAA(c_source, c_target) if variant.learns_direction else None
     delta_static = (c_target - c_source).to(device)
     f_source, target_gram = f_source.to(device), [g.to(device) for g in target_gram]
     model, diaa, optimizer = _prepared(model, diaa, config, accelerator)
     plain = accelerator.unwrap_model(model)
-    B = config.batch_size
-
-    def target_diffusion_loss(t: torch.Tensor, weight: torch.Tensor, g: torch.Generator
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weighted L_diff, unweighted L_diff) on a batch of target images at timesteps t."""
-        idx = torch.randint(0, len(x_target), (len(t),), generator=g)
-        noise = torch.randn((len(t), *x_target.shape[1:]), generator=g)
-        x0, t, noise, weight = (v.to(device) for v in (x_target[idx], t, noise, weight))
-        with autocast(accelerator.device):
-            eps_hat = model(q_sample(x0, t, noise, alpha_bar), t)  # unconditional: no x_c (the authors' code)
-        return (diffusion_loss(noise, eps_hat, config.diffusion_loss, weight),
-                diffusion_loss(noise, eps_hat.detach(), config.diffusion_loss))
-
-    def step_fn(step: int, g: torch.Generator):
-        if config.variant == "naive":
-            t = _uniform_t(0, T, B, g)
-            l_diff, l_target = target_diffusion_loss(t, torch.ones(B), g)
-            return l_diff, {"l_target": l_target}
-        even = step % 2 == 0
-        t = _uniform_t(*(EVEN_T_RANGE if even else ODD_T_RANGE), B, g)
-        w_dir, w_diff = stage1_weights(t, even, T)
-        l_diff, l_target = target_diffusion_loss(t, w_diff, g)
-        if not even:
-            return l_diff, {"l_diff": l_diff.detach(), "l_target": l_target}
-        idx = torch.randint(0, len(x_source), (B,), generator=g)
-        noise, content_noise = torch.randn((2, B, *x_source.shape[1:]), generator=g)
-        gate_noise = torch.randn(plain.bottleneck_shape(B), generator=g)
-        x_s, t, noise, content_noise, gate_noise, w_dir = (v.to(device) for v in (
-            x_source[idx], t, noise, content_noise, gate_noise, w_dir))
-        x_t = q_sample(x_s, t, noise, alpha_bar)  # (B, 3, S, S)
-        with autocast(accelerator.device):
-            eps_hat = model(x_t, t, q_sample(x_s, t, content_noise, alpha_bar), gate_noise)
-        x0_hat = predict_x0(x_t, t, eps_hat.float(), alpha_bar)  # (B, 3, S, S) x0_hat^{S->T}
-        maps = encoder.feature_pyramid(x0_hat)  # [(B, C_l, N_l)]: gradients flow to x0_hat, f itself is frozen
-        f_hat = encoder.standardise(maps[-1].mean(dim=2))  # (B, D): the deepest unit, pooled
-        delta = diaa(f_source[idx.to(device)]) if diaa is not None else delta_static  # (B, D) or (D,)
-        l_dc = distribution_consistency_loss(f_hat, f_source[idx.to(device)], delta, w_dir)
-        l_style = style_loss(maps, target_gram, w_dir)
-        loss = config.dc_weight * l_dc + config.style_weight * l_style + l_diff
-        return loss, {"l_dc": l_dc.detach(), "l_style": l_style.detach(), "l_diff": l_diff.detach(),
-                      "l_target": l_target}
-
+    run = _Run(model, plain, encoder, x_source, x_target, alpha_bar, f_source, target_gram,
+               diaa if diaa is not None else lambda f_s: delta_static, config, device)
     modules = {"model": model} | ({"diaa": diaa} if diaa is not None else {})
-    history = run_steps(step_fn, steps=config.steps, modules=modules, optimizer=optimizer, accelerator=accelerator,
-                        seed=config.seed, checkpoint=checkpoint, checkpoint_every=config.checkpoint_every,
-                        grad_clip=config.grad_clip, callback=callback, desc=f"stage 1 ({config.variant})",
-                        keep_optimizer=False, progress=progress, accumulate=config.accumulate)
+    history = run_steps(functools.partial(variant.iteration, run), steps=config.steps, modules=modules,
+                        optimizer=optimizer, accelerator=accelerator, seed=config.seed, checkpoint=checkpoint,
+                        checkpoint_every=config.checkpoint_every, grad_clip=config.grad_clip, callback=callback,
+                        desc=f"stage 1 ({config.variant})", keep_optimizer=False, progress=progress,
+                        accumulate=config.accumulate)
     return Stage1State(plain.eval(), accelerator.unwrap_model(diaa).eval() if diaa is not None else None,
                        history, delta_static.cpu())

@@ -53,8 +53,10 @@ __all__ = ["stage1_config", "translate_config", "feature_encoder", "sources_to_t
 # ---------------------------------------------------------------------------------------------
 
 def stage1_config(profile: Profile, variant: str = "mfmda") -> Stage1Config:
-    """Adaptation settings: ``stage1_steps`` iterations of ``stage1_batch_size`` images."""
-    return Stage1Config(variant=variant, steps=profile.stage1_steps, batch_size=profile.stage1_batch_size,
+    """Adaptation settings: ``stage1_steps`` iterations of ``stage1_batch_size`` images (``"none"``, which adapts
+    nothing, gets the ``mfmda`` settings, so that its cache key names the same sizes)."""
+    return Stage1Config(variant="mfmda" if variant == "none" else variant, steps=profile.stage1_steps,
+                        batch_size=profile.stage1_batch_size,
                         seed=profile.seed, checkpoint_every=2 * max(1, min(10, profile.stage1_steps // 2)))
 
 
@@ -173,7 +175,7 @@ STAGE1_VERSION = 2
 
 def _key(profile: Profile, target_domain: str, variant: str, ddpm_sha: str) -> str:
     blob = json.dumps({"version": STAGE1_VERSION, "target": target_domain, "variant": variant, "ddpm_sha256": ddpm_sha,
-                       "stage1": vars(stage1_config(profile, variant if variant != "none" else "mfmda")),
+                       "stage1": vars(stage1_config(profile, variant)),
                        "translate": vars(translate_config(profile)), "k": profile.stage1_k_target,
                        "f": [profile.stage1_encoder_units, profile.stage1_feature_size],
                        "bench": [profile.train_per_domain, profile.image_size, profile.severity, profile.seed]},
@@ -219,8 +221,7 @@ def translated_source(profile: Profile, target_domain: str, *, variant: str = "m
         x_source = to_signed_tensor([s.image for s in sources], ddpm.image_size)
         f = encoder if encoder is not None else feature_encoder(profile, x_source, acc.device)
         out = run_stage1([s.image for s in sources], [t.image for t in targets], source_model=model, ddpm=ddpm,
-                         encoder=f, variant=variant,
-                         adapt_config=stage1_config(profile, "mfmda" if variant == "none" else variant),
+                         encoder=f, variant=variant, adapt_config=stage1_config(profile, variant),
                          translate_cfg=translate_config(profile), accelerator=acc,
                          checkpoint=folder / "adapt.pt", callback=callback, progress=progress)
         return {"images": np.stack(out.images)}

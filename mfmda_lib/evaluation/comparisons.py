@@ -10,10 +10,11 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .metrics import auroc_rows
 from .stats import Comparison, row_key, compare, seed_matrix, verdict_word
 
 __all__ = [
-    "comparison_table", "group_difference", "compare_table", "compare_within", "seed_auroc", "compare_statistic",
+    "comparison_table", "group_difference", "compare_table", "compare_within", "compare_statistic",
     "compare_auroc",
 ]
 
@@ -112,21 +113,6 @@ def compare_within(rows: Sequence[dict], metrics: Sequence[str], pairs: Sequence
     return pd.concat(tables).set_index(key, append=True).reorder_levels(["method", key, "baseline", "metric"])
 
 
-def seed_auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """AUROC of each seed's scores: ``scores (S, N)``, binary ``labels (N,)`` -> ``(S,)`` (``nan``: one class).
-
-    Mann-Whitney form with average ranks for ties (as :func:`sklearn.metrics.roc_auc_score`).
-    """
-    from scipy.stats import rankdata
-
-    scores, labels = np.atleast_2d(np.asarray(scores, dtype=np.float64)), np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return np.full(len(scores), np.nan)
-    ranks = rankdata(scores, axis=1)  # (S, N)
-    return (ranks[:, labels].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def compare_statistic(a: np.ndarray, b: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
                       n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Paired difference of a statistic computed over a set of images (e.g. AUROC), seeds x images bootstrap.
@@ -183,7 +169,7 @@ def compare_auroc(rows: Sequence[dict], score: str, label: str, method: str, bas
     keep = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)
     truth = {row_key(r, match): r[label] for r in a_rows}
     labels = np.array([truth[im] for im in common])[keep]
-    d, lo, hi = compare_statistic(a[:, keep], b[:, keep], lambda v, im: seed_auroc(v, labels[im]),
+    d, lo, hi = compare_statistic(a[:, keep], b[:, keep], lambda v, im: auroc_rows(labels[im], v),
                                   n_resamples=n_resamples, confidence=confidence, seed=seed)
     return Comparison(method, baseline, f"{score} auroc", len(common_seeds), int(keep.sum()), d, lo, hi,
                       verdict_word(lo, hi))

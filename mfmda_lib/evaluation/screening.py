@@ -8,11 +8,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from ..data.sample import GLAUCOMA_SUSPECT_VCDR
 from .clinical import ClinicalConfig, percentile_interval
+from .metrics import auroc, auroc_rows
 
 __all__ = ["ScreeningResult", "sensitivity_at_specificity", "glaucoma_screening", "screening_errors"]
 
@@ -58,24 +58,6 @@ class ScreeningResult:
     def summary(self) -> dict:
         """The scalar fields as one flat dict (a table row)."""
         return {k: v for k, v in self.__dict__.items() if not isinstance(v, np.ndarray)}
-
-
-def _auc_per_row(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row by the Mann-Whitney rank formula (ties count one half).
-
-    Args:
-        labels: ``(B, n)`` bool.
-        scores: ``(B, n)`` float.
-
-    Returns:
-        ``(B,)``; ``nan`` for rows with a single class.
-    """
-    ranks = rankdata(scores, axis=1)  # (B, n), average ranks for ties
-    n_pos = labels.sum(axis=1)
-    n_neg = labels.shape[1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (np.where(labels, ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
 def sensitivity_at_specificity(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray,
@@ -136,8 +118,8 @@ def glaucoma_screening(vcdr_true: Sequence[float], vcdr_pred: Sequence[float],
                                     "ROC and AUC are undefined", **common)
     fpr, tpr, thresholds = roc_curve(y_true, score, drop_intermediate=False)
     sens_at, thr_at = sensitivity_at_specificity(fpr, tpr, thresholds, config.target_specificity)
-    auc_lo, auc_hi = percentile_interval(_auc_per_row(y_b, s_b), config.confidence)
-    return ScreeningResult(auc=float(roc_auc_score(y_true, score)), auc_lo=auc_lo, auc_hi=auc_hi, fpr=fpr,
+    auc_lo, auc_hi = percentile_interval(auroc_rows(y_b, s_b), config.confidence)
+    return ScreeningResult(auc=auroc(y_true, score), auc_lo=auc_lo, auc_hi=auc_hi, fpr=fpr,
                            tpr=tpr, thresholds=thresholds, sensitivity_at_specificity=sens_at,
                            threshold_at_specificity=thr_at, **common)
 

@@ -20,7 +20,7 @@ verdict in the kit goes through this module:
   large discs), where nothing pairs: each group is resampled on its own;
 - :func:`compare_table` runs :func:`compare` for several (method, baseline) pairs and metrics;
 - :func:`compare_statistic` does the same for a statistic that is not a mean over images, such as
-  the AUROC of a screen (:func:`seed_auroc`, :func:`compare_auroc`), recomputed on every resample.
+  the AUROC of a screen (:func:`~.metrics.auroc_rows`, :func:`compare_auroc`), recomputed on every resample.
 
 The last four and the AUROC helpers are in :mod:`.comparisons`; this module holds the resampling,
 :func:`compare` and the per-method tables.

@@ -5,7 +5,8 @@
 - ``features``: the frozen prefix's outputs, computed once per image and cached on disk.
 - ``strategies``: linear probe, full fine-tuning, gradual unfreezing, discriminative learning rates.
 - ``peft_methods``: LoRA through ``peft`` (rank, targets; save / load / merge / unmerge), and
-  hand-written bottleneck adapters, additive visual prompts and BitFit (``inject``).
+  hand-written bottleneck adapters, additive visual prompts and BitFit; each method a strategy in
+  ``PEFT_STRATEGIES`` (how it injects, which parameters train, how it saves and loads; verb ``inject``).
 - ``memory``: training memory measured deterministically (saved activations + gradients + optimizer state).
 - ``runs``: one run (train on cached features with :func:`mfmda_lib.train.fit`, checkpoint, score).
 - ``comparison``: a comparison's config, shared data (``prepare_data``) and result (:class:`Comparison`).

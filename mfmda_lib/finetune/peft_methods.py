@@ -24,7 +24,9 @@ BitFit for vision backbones, so those three are written here; their parameters c
 ``adapter_`` and ``prompt_`` so that freezing, counting and saving filter by name, as peft does
 with ``lora_``.
 
-Verbs: :func:`inject` (any method, returns the module to train and its AdamW groups),
+Each method is a strategy, :data:`PEFT_STRATEGIES` ``[method]`` (a :class:`PeftMethod`: how it injects, which
+parameters train, how it saves and loads). Verbs: :func:`inject` (any method, returns the module to train and its
+AdamW groups),
 :func:`save_method` / :func:`load_method` (the trained part alone, small files); LoRA also merges
 and unmerges through ``peft`` (``merge_adapter``, ``unmerge_adapter``, ``merge_and_unload``).
 """
@@ -35,6 +37,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +47,8 @@ from .heads import HEAD_LR, TaskModel
 
 __all__ = ["PEFT_METHODS", "LORA_TARGETS", "PeftConfig", "block_names", "lora_target_regex", "inject_lora",
            "BottleneckAdapter", "inject_adapters", "VisualPrompts", "inject_visual_prompts", "configure_bitfit",
-           "inject", "task_model", "trained_state_dict", "save_method", "load_method"]
+           "PeftMethod", "LoraMethod", "PEFT_STRATEGIES", "inject", "task_model", "trained_state_dict", "save_method",
+           "load_method"]
 
 PEFT_METHODS = ("lora", "adapter", "visual_prompt", "bitfit", "full")
 #: Linear layers of a TinyViT block (``attn.qkv`` ...) that LoRA may wrap.
@@ -94,13 +98,7 @@ class PeftConfig:
     @property
     def label(self) -> str:
         """Short name for tables and files: ``lora_r8_attn``, ``adapter_b16``, ``visual_prompt_g8``, ``bitfit``..."""
-        if self.method == "lora":
-            return f"lora_r{self.r}_{self.targets}"
-        if self.method == "adapter":
-            return f"adapter_b{self.bottleneck}"
-        if self.method == "visual_prompt":
-            return f"visual_prompt_g{self.prompt_grid}"
-        return self.method
+        return PEFT_STRATEGIES[self.method].label(self)
 
 
 def block_names(model: TaskModel) -> list[str]:
@@ -238,7 +236,7 @@ def inject_visual_prompts(model: TaskModel, config: PeftConfig) -> TaskModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# BitFit (hand-written) and the dispatcher
+# BitFit (hand-written)
 # ---------------------------------------------------------------------------------------------
 
 def configure_bitfit(model: TaskModel) -> list[nn.Parameter]:
@@ -249,6 +247,90 @@ def configure_bitfit(model: TaskModel) -> list[nn.Parameter]:
     return biases
 
 
+# ---------------------------------------------------------------------------------------------
+# one strategy per method: how it injects, which parameters train, how it saves and loads
+# ---------------------------------------------------------------------------------------------
+
+class PeftMethod:
+    """A hand-written method: :meth:`add` puts it on the frozen model and returns the parameters it trains;
+    the head trains beside them; the trained tensors are saved alone (safetensors + the config as JSON)."""
+
+    def __init__(self, add: Callable[[TaskModel, PeftConfig], list[nn.Parameter]],
+                 label: Callable[[PeftConfig], str]) -> None:
+        self.add, self.label = add, label
+
+    def inject(self, model: TaskModel, config: PeftConfig) -> tuple[nn.Module, list[dict]]:
+        params = self.add(model, config)
+        for p in params:
+            p.requires_grad_(True)
+        model.head.requires_grad_(True)
+        return model, [_head_group(model, config), {"name": config.method, "params": params, "lr": config.lr}]
+
+    def save(self, net: nn.Module, config: PeftConfig, folder: Path) -> list[Path]:
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in trained_state_dict(net).items()}
+        save_file(state, str(folder / "adapter_model.safetensors"))
+        (folder / "peft_config.json").write_text(json.dumps(asdict(config), indent=1))
+        return [folder / "adapter_model.safetensors", folder / "peft_config.json"]
+
+    def load(self, model: TaskModel, config: PeftConfig, folder: Path) -> nn.Module:
+        from safetensors.torch import load_file
+
+        saved = PeftConfig(**json.loads((folder / "peft_config.json").read_text()))
+        if saved != config:
+            raise ValueError(f"{folder} was saved for {saved.label} ({saved}), not {config.label}: pass the saved config")
+        net, _ = inject(model, config)
+        state = load_file(str(folder / "adapter_model.safetensors"))
+        missing = set(trained_state_dict(net)) - set(state)
+        if missing:
+            raise ValueError(f"{folder} lacks {len(missing)} trained tensors of {config.label}, e.g. {sorted(missing)[:3]}")
+        net.load_state_dict(state, strict=False)
+        return net
+
+
+class LoraMethod(PeftMethod):
+    """LoRA through ``peft``: it wraps the model (a ``peft.PeftModel``), and saves and loads with ``peft``."""
+
+    def __init__(self) -> None:  # noqa: D107 (nothing to add by hand: peft injects)
+        pass
+
+    def label(self, config: PeftConfig) -> str:
+        return f"lora_r{config.r}_{config.targets}"
+
+    def inject(self, model: TaskModel, config: PeftConfig) -> tuple[nn.Module, list[dict]]:
+        return inject_lora(model, config)
+
+    def save(self, net: nn.Module, config: PeftConfig, folder: Path) -> list[Path]:
+        net.save_pretrained(str(folder))
+        return sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))
+
+    def load(self, model: TaskModel, config: PeftConfig, folder: Path) -> nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(folder))
+
+
+def _adapter_parameters(model: TaskModel, config: PeftConfig) -> list[nn.Parameter]:
+    inject_adapters(model, config)
+    return [p for n, p in model.named_parameters() if "adapter_" in n]
+
+
+def _prompt_parameters(model: TaskModel, config: PeftConfig) -> list[nn.Parameter]:
+    return list(inject_visual_prompts(model, config).prompt_tuning.parameters())
+
+
+#: the strategy of each of :data:`PEFT_METHODS`
+PEFT_STRATEGIES: dict[str, PeftMethod] = {
+    "lora": LoraMethod(),
+    "adapter": PeftMethod(_adapter_parameters, lambda c: f"adapter_b{c.bottleneck}"),
+    "visual_prompt": PeftMethod(_prompt_parameters, lambda c: f"visual_prompt_g{c.prompt_grid}"),
+    "bitfit": PeftMethod(lambda model, config: configure_bitfit(model), lambda c: "bitfit"),
+    "full": PeftMethod(lambda model, config: [p for m in model.unit_modules() for p in m.parameters()],
+                       lambda c: "full"),
+}
+
+
 def inject(model: TaskModel, config: PeftConfig) -> tuple[nn.Module, list[dict]]:
     """Prepare ``model`` for ``config.method``: freeze it, add the method, unfreeze what trains.
 
@@ -257,22 +339,7 @@ def inject(model: TaskModel, config: PeftConfig) -> tuple[nn.Module, list[dict]]
         and AdamW groups ``[{"name", "params", "lr"}, ...]`` (head first).
     """
     model.requires_grad_(False)
-    if config.method == "lora":
-        return inject_lora(model, config)
-    if config.method == "adapter":
-        inject_adapters(model, config)
-        params = [p for n, p in model.named_parameters() if "adapter_" in n]
-    elif config.method == "visual_prompt":
-        inject_visual_prompts(model, config)
-        params = list(model.prompt_tuning.parameters())
-    elif config.method == "bitfit":
-        params = configure_bitfit(model)
-    else:  # full
-        params = [p for m in model.unit_modules() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    model.head.requires_grad_(True)
-    return model, [_head_group(model, config), {"name": config.method, "params": params, "lr": config.lr}]
+    return PEFT_STRATEGIES[config.method].inject(model, config)
 
 
 def task_model(net: nn.Module) -> TaskModel:
@@ -300,35 +367,11 @@ def save_method(net: nn.Module, config: PeftConfig, folder: str | Path) -> list[
     LoRA: ``peft``'s ``save_pretrained`` (``adapter_config.json`` + ``adapter_model.safetensors``).
     Others: ``peft_config.json`` + ``adapter_model.safetensors`` of :func:`trained_state_dict`.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if config.method == "lora":
-        net.save_pretrained(str(folder))
-        return sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))
-    state = {k: v.contiguous() for k, v in trained_state_dict(net).items()}
-    save_file(state, str(folder / "adapter_model.safetensors"))
-    (folder / "peft_config.json").write_text(json.dumps(asdict(config), indent=1))
-    return [folder / "adapter_model.safetensors", folder / "peft_config.json"]
+    return PEFT_STRATEGIES[config.method].save(net, config, folder)
 
 
 def load_method(model: TaskModel, config: PeftConfig, folder: str | Path) -> nn.Module:
     """Rebuild ``config.method`` on a fresh ``model`` (foundation weights) and load the saved part from ``folder``."""
-    folder = Path(folder)
-    if config.method == "lora":
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(folder))
-    from safetensors.torch import load_file
-
-    saved = PeftConfig(**json.loads((folder / "peft_config.json").read_text()))
-    if saved != config:
-        raise ValueError(f"{folder} was saved for {saved.label} ({saved}), not {config.label}: pass the saved config")
-    net, _ = inject(model, config)
-    state = load_file(str(folder / "adapter_model.safetensors"))
-    missing = set(trained_state_dict(net)) - set(state)
-    if missing:
-        raise ValueError(f"{folder} lacks {len(missing)} trained tensors of {config.label}, e.g. {sorted(missing)[:3]}")
-    net.load_state_dict(state, strict=False)
-    return net
+    return PEFT_STRATEGIES[config.method].load(model, config, Path(folder))

@@ -8,7 +8,7 @@ Two families, one encoder:
 both pretrained on :mod:`.pool` (many unlabelled images of every hospital). Then :mod:`.downstream`
 measures what pretraining buys with few labels (linear probe and fine-tuning; vCDR / glaucoma
 suspect and disc/cup segmentation), :mod:`.pretraining` pretrains (or loads) each encoder, caching
-the weights for later notebooks, :mod:`.experiment` runs the comparisons for a profile, and
+the weights for later notebooks (one loop; ``SSL_METHODS`` holds each method as a strategy: config, steps, view, loss, what is kept), :mod:`.experiment` runs the comparisons for a profile, and
 :mod:`.verdict` turns the numbers into sentences with 95% intervals over draws and test images.
 
 Verbs: ``unlabelled_pool``, ``pretrained_encoder`` (load if present, else pretrain),

@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,12 +25,10 @@ from .pool import unlabelled_pool
 from .vit import ViTConfig, ViTEncoder, load_encoder, save_encoder
 
 __all__ = [
-    "SSL_METHODS", "vit_config", "to_uint8", "pretraining_steps", "checkpoint_path", "warmup_cosine",
+    "SSL_METHODS", "SSLMethod", "vit_config", "to_uint8", "pretraining_steps", "checkpoint_path", "warmup_cosine",
     "pretrained_encoder",
 ]
 
-#: Self-supervised methods and their config classes.
-SSL_METHODS = {"mae": MAEConfig, "dino": DINOConfig}
 #: Reconstructions kept for the figure: this many images, at this many points of training.
 N_SNAPSHOT_IMAGES, N_SNAPSHOTS = 4, 4
 #: MAE's own augmentation: random resized crops over this area range and flips.
@@ -52,7 +50,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def pretraining_steps(profile: Profile, method: str) -> int:
     """Optimisation steps of ``method``'s pretraining in ``profile``."""
-    return profile.ssl_mae_steps if method == "mae" else profile.ssl_dino_steps
+    return SSL_METHODS[method].steps(profile)
 
 
 def checkpoint_path(profile: Profile, method: str, vit: ViTConfig, config) -> Path:
@@ -105,6 +103,74 @@ def _teacher_entropy_per_epoch(entropy: list[tuple[float, float]], steps_per_epo
             "log_k": math.log(out_dim)}
 
 
+class _MAERun:
+    """MAE's part of a pretraining run: random resized crops, the masked-reconstruction loss, and
+    reconstructions of fixed images at :data:`N_SNAPSHOTS` points (the checkpoint's ``extras``)."""
+
+    def __init__(self, encoder: ViTEncoder, config: MAEConfig, pool: torch.Tensor, steps: int, steps_per_epoch: int,
+                 seed: int, g: torch.Generator) -> None:
+        self.model = MAE(encoder, config)
+        self.probe = pool[torch.linspace(0, len(pool) - 1, N_SNAPSHOT_IMAGES).long()]  # one image per domain
+        self.epochs, self.seed, self.g = math.ceil(steps / steps_per_epoch), seed, g
+        self.shots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        if epoch in _snapshot_epochs(self.epochs) and epoch not in self.shots:
+            self.shots[epoch] = self.model.reconstruct(self.probe, torch.Generator().manual_seed(self.seed))
+
+    def view(self, batch: torch.Tensor) -> torch.Tensor:
+        return random_view(batch, MAE_CROP_SCALE, self.g)
+
+    def loss(self, model: MAE, batch: torch.Tensor) -> torch.Tensor:
+        return model(batch, self.g)[0]
+
+    def finish(self, encoder: ViTEncoder, info: dict) -> tuple[ViTEncoder, dict, dict[str, torch.Tensor]]:
+        self.start_epoch(self.epochs)
+        return encoder, info, _snapshots(self.shots)
+
+
+class _DINORun:
+    """DINO's part of a pretraining run: the pool's images as they are (DINO crops inside its loss), the
+    self-distillation loss, the teacher's entropy per step; the teacher is the encoder kept."""
+
+    def __init__(self, encoder: ViTEncoder, config: DINOConfig, pool: torch.Tensor, steps: int, steps_per_epoch: int,
+                 seed: int, g: torch.Generator) -> None:
+        self.model = DINO(encoder, config, total_steps=steps)
+        self.out_dim, self.steps_per_epoch, self.g = config.out_dim, steps_per_epoch, g
+        self.entropy: list[tuple[float, float]] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        return None
+
+    def view(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+    def loss(self, model: DINO, batch: torch.Tensor) -> torch.Tensor:
+        loss = model(batch, self.g)
+        self.entropy.append(model.entropy)
+        return loss
+
+    def finish(self, encoder: ViTEncoder, info: dict) -> tuple[ViTEncoder, dict, dict[str, torch.Tensor]]:
+        self.model.update_teacher()  # the last optimizer step's EMA update
+        info |= _teacher_entropy_per_epoch(self.entropy, self.steps_per_epoch, self.out_dim)
+        return self.model.teacher_encoder, info, {}  # DINO keeps (and evaluates) the teacher
+
+
+@dataclass(frozen=True)
+class SSLMethod:
+    """A self-supervised method as a strategy: its config class, its step count in a profile, and its run
+    (``_MAERun`` / ``_DINORun``: the model, the view of a batch, the loss, what is kept at the end)."""
+
+    config: type
+    steps: Callable[[Profile], int]
+    run: type
+
+
+#: Self-supervised methods: name -> :class:`SSLMethod`.
+SSL_METHODS = {"mae": SSLMethod(MAEConfig, lambda p: p.ssl_mae_steps, _MAERun),
+               "dino": SSLMethod(DINOConfig, lambda p: p.ssl_dino_steps, _DINORun)}
+
+
 def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: bool = True
                        ) -> tuple[ViTEncoder, dict, dict[str, torch.Tensor]]:
     """A ViT pretrained by ``method`` (``"mae"`` or ``"dino"``): loaded if its checkpoint exists, else trained.
@@ -119,7 +185,7 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
     """
     if method not in SSL_METHODS:
         raise ValueError(f"unknown SSL method {method!r}: choose one of {sorted(SSL_METHODS)}")
-    config = config or SSL_METHODS[method]()
+    config = config or SSL_METHODS[method].config()
     vit = vit_config(profile)
     path = checkpoint_path(profile, method, vit, config)
     if (loaded := load_encoder(path, vit)) is not None:
@@ -133,55 +199,26 @@ def pretrained_encoder(profile: Profile, method: str, config=None, *, progress: 
     steps_per_epoch = len(pool) // batch_size  # full batches only
     epochs = math.ceil(steps / steps_per_epoch)
     g = torch.Generator().manual_seed(profile.seed)
-    entropy: list[tuple[float, float]] = []
-    if method == "mae":
-        model = MAE(encoder, config)
-        probe = pool[torch.linspace(0, len(pool) - 1, N_SNAPSHOT_IMAGES).long()]  # one image per domain
-        shots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def snapshot(epoch: int) -> None:
-            if epoch in _snapshot_epochs(epochs) and epoch not in shots:
-                shots[epoch] = model.reconstruct(probe, torch.Generator().manual_seed(profile.seed))
-
-        def loss_fn(m, batch):
-            return m(batch, g)[0]
-    else:
-        model = DINO(encoder, config, total_steps=steps)
-
-        def snapshot(epoch: int) -> None:
-            return None
-
-        def loss_fn(m, batch):
-            loss = m(batch, g)
-            entropy.append(m.entropy)
-            return loss
-
+    run = SSL_METHODS[method].run(encoder, config, pool, steps, steps_per_epoch, profile.seed, g)
+    model = run.model
     optimizer, scheduler = _optimizer(model, config, steps)
     done = [0]
 
     def batches(epoch: int):
-        snapshot(epoch)
+        run.start_epoch(epoch)
         order = torch.randperm(len(pool), generator=g)
         for i in range(steps_per_epoch):
             if done[0] >= steps:
                 return
-            batch = pool[order[i * batch_size:(i + 1) * batch_size]]
-            yield random_view(batch, MAE_CROP_SCALE, g) if method == "mae" else batch
+            yield run.view(pool[order[i * batch_size:(i + 1) * batch_size]])
             scheduler.step()  # resumed after fit's optimizer step on the batch just yielded
             done[0] += 1
 
     start = time.perf_counter()
-    history = fit(model, optimizer, batches, loss_fn, FitConfig(epochs=epochs),
+    history = fit(model, optimizer, batches, run.loss, FitConfig(epochs=epochs),
                   desc=f"{method} pretraining", progress=progress)
-    extras: dict[str, torch.Tensor] = {}
     info = {"loss": history.train_loss, "seconds": round(time.perf_counter() - start, 1), "n_images": len(pool),
             "steps": steps, "batch_size": batch_size, "epochs": epochs}
-    if method == "mae":
-        snapshot(epochs)
-        extras = _snapshots(shots)
-    else:
-        model.update_teacher()  # the last optimizer step's EMA update
-        encoder = model.teacher_encoder  # DINO keeps (and evaluates) the teacher
-        info |= _teacher_entropy_per_epoch(entropy, steps_per_epoch, config.out_dim)
+    encoder, info, extras = run.finish(encoder, info)
     save_encoder(path, encoder, info, extras)
     return encoder.eval().requires_grad_(True), {**info, "trained": True, "checkpoint": str(path)}, extras
