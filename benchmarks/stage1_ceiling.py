@@ -31,14 +31,13 @@ from pathlib import Path
 import pandas as pd
 
 from mfmda_lib.data import TARGET_DOMAINS
-from mfmda_lib.diffusion.comparison import (DETAIL_MATCHED, DISC_DICE_MIN, GAP_LEFT_MAX, STAGE1_CEILING_RESULT, UPSAMPLED,
-                                            ceiling_clause, ceiling_sweep, detail_gain, detail_of, score_translations)
-from mfmda_lib.diffusion.ddpm import resize, to_signed_tensor, to_uint8
+from mfmda_lib.diffusion.comparison import (DISC_DICE_MIN, GAP_LEFT_MAX, STAGE1_CEILING_RESULT, ceiling_clause,
+                                            ceiling_sweep, glues, score_translations)
+from mfmda_lib.diffusion.ddpm import to_signed_tensor
 from mfmda_lib.diffusion.source import load_source_ddpm
 from mfmda_lib.diffusion.checkpoint import read_sidecar
 from mfmda_lib.diffusion.stage1 import (feature_encoder, run_stage1, sources_to_translate, stage1_config, stage1_dir,
                                         target_samples, translate_config, translated_source)
-from mfmda_lib.diffusion.translate import to_full_resolution
 from mfmda_lib.experiments import model_and_cache, save_result
 from mfmda_lib.profiles import PROFILES, get_profile
 
@@ -59,12 +58,7 @@ def stage1_glues(profile, target: str, segmenter, cache) -> pd.DataFrame:
                         encoder=feature_encoder(profile, to_signed_tensor([s.image for s in sources], ddpm.image_size)),
                         adapt_config=stage1_config(profile), translate_cfg=translate_config(profile),
                         checkpoint=Path(tmp) / "adapt.pt", progress=False).translated_lo  # (N, 3, S, S)
-    x, size = to_signed_tensor(src), lo.shape[-1]
-    up = resize(lo, x.shape[-1])
-    glues = {f"low-pass {k}": to_full_resolution(src, lo, k) for k in (1, 2, 4)}
-    glues[UPSAMPLED] = list(to_uint8(up))
-    glues[DETAIL_MATCHED] = list(to_uint8(up + detail_gain(src, k_images, size) * detail_of(x, size)))
-    table = score_translations(profile, target, glues, segmenter=segmenter, cache=cache)
+    table = score_translations(profile, target, glues(src, lo, k_images), segmenter=segmenter, cache=cache)
     return table.rename_axis("glue")
 
 

@@ -222,3 +222,18 @@ def test_detail_gain_is_below_one_for_a_softer_camera_and_one_for_the_same():
     soft = [gaussian_filter(x.astype(float), (2, 2, 0)).round().astype(np.uint8) for x in sharp]
     assert detail_gain(sharp, sharp, 16) == pytest.approx(1.0)
     assert detail_gain(sharp, soft, 16) < 0.5 < 2 < detail_gain(soft, sharp, 16)
+
+
+def test_every_glue_but_upsampling_gives_the_source_back_when_nothing_changed():
+    import numpy as np
+
+    from mfmda_lib.diffusion.comparison import DETAIL_MATCHED, UPSAMPLED, glues
+    from mfmda_lib.diffusion.ddpm import to_signed_tensor
+
+    rng = np.random.default_rng(1)
+    sources = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    out = glues(sources, to_signed_tensor(sources, 16), sources)  # the "translation" is the source itself
+    assert set(out) == {"low-pass 1", "low-pass 2", "low-pass 4", UPSAMPLED, DETAIL_MATCHED}
+    for name, images in out.items():
+        diff = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(images, sources))
+        assert diff <= 1 if name != UPSAMPLED else diff > 50, name  # upsampling alone loses the 16 px detail

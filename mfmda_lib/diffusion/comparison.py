@@ -44,7 +44,7 @@ from ..evaluation.reporting import load_result_or_fallback
 __all__ = ["Stage1Comparison", "compare_variants", "SOURCE_ROW", "stage1_history", "adapted_diaa", "gap_meter",
            "translation_ceiling", "CEILING_ROWS", "score_translations", "oracle_camera_images", "GAP_LEFT_MAX", "DISC_DICE_MIN",
            "STAGE1_TARGETS_RESULT", "saved_stage1_targets", "stage1_target_lines", "ceiling_sweep",
-           "STAGE1_CEILING_RESULT", "UPSAMPLED", "DETAIL_MATCHED", "detail_gain", "detail_of", "saved_stage1_ceiling", "ceiling_clause"]
+           "STAGE1_CEILING_RESULT", "UPSAMPLED", "DETAIL_MATCHED", "detail_gain", "detail_of", "glues", "saved_stage1_ceiling", "ceiling_clause"]
 
 SOURCE_ROW = "source (untranslated)"
 
@@ -199,11 +199,26 @@ def detail_of(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def detail_gain(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], size: int) -> float:
-    """RMS of the target images' detail over the sources' (detail: :func:`_detail` at ``size``): above 1 the target
+    """RMS of the target images' detail over the sources' (detail: :func:`detail_of` at ``size``): above 1 the target
     camera is crisper or noisier than the source's, below 1 softer."""
     def rms(images):
         return float(detail_of(to_signed_tensor(images), size).pow(2).mean().sqrt())
     return rms(targets) / max(rms(sources), 1e-12)
+
+
+def glues(sources: Sequence[np.ndarray], squeezed: torch.Tensor, k_images: Sequence[np.ndarray],
+          low_passes: Sequence[int] = (1, 2, 4)) -> dict[str, list[np.ndarray]]:
+    """Every way :func:`ceiling_sweep` brings ``squeezed`` ``(N, 3, S, S)`` images back to the full-resolution
+    ``sources``' size: ``low-pass k`` (the kit's glue, the source's detail kept), :data:`UPSAMPLED` (the squeezed
+    images alone) and :data:`DETAIL_MATCHED` (upsampled plus the source's detail scaled by :func:`detail_gain` of
+    ``k_images``, the K target images)."""
+    x = to_signed_tensor(sources)  # (N, 3, H, W)
+    size = squeezed.shape[-1]
+    up = resize(squeezed, x.shape[-1])
+    out = {f"low-pass {k}": to_full_resolution(sources, squeezed, k) for k in low_passes}
+    out[UPSAMPLED] = list(to_uint8(up))
+    out[DETAIL_MATCHED] = list(to_uint8(up + detail_gain(sources, k_images, size) * detail_of(x, size)))
+    return out
 
 
 def ceiling_sweep(profile: Profile, target_domain: str, sizes: Sequence[int], low_passes: Sequence[int] = (1, 2, 4),
@@ -211,13 +226,9 @@ def ceiling_sweep(profile: Profile, target_domain: str, sizes: Sequence[int], lo
     """What a *perfect* translation leaves of the held-out gap, per DDPM resolution and glue.
 
     The oracle camera's images (:func:`oracle_camera_images`: the source eyes re-acquired by the target's camera)
-    are squeezed to each size ``S`` and brought back to full resolution:
-
-    - ``low-pass k``: the kit's glue (:func:`~.translate.to_full_resolution`: the change low-passed by ``k``, the
-      source's own detail kept);
-    - ``upsampled``: the squeezed image alone, upsampled (no source detail);
-    - ``detail-matched``: upsampled plus the source's detail scaled by :func:`detail_gain` of the K target images
-      (a glue the kit does not use; measured here as a candidate).
+    are squeezed to each size ``S`` and brought back to full resolution by each of :func:`glues`: the kit's
+    (``low-pass k``: :func:`~.translate.to_full_resolution`, the change low-passed by ``k``, the source's own detail
+    kept), the squeezed image alone upsampled, and a candidate the kit does not use (``detail-matched``).
 
     No stage-1 model is involved, so each row bounds what *any* translation at ``S`` can reach with that glue.
 
@@ -229,15 +240,9 @@ def ceiling_sweep(profile: Profile, target_domain: str, sizes: Sequence[int], lo
     sources = [s.image for s in sources_to_translate(profile)[:profile.stage1_eval_images]]
     k_images = [s.image for s in target_samples(profile, target_domain)]
     oracle = oracle_camera_images(profile, target_domain)
-    x = to_signed_tensor(sources)  # (N, 3, H, W), full resolution
     candidates, keys = {}, {}
     for size in sizes:
-        squeezed = to_signed_tensor(oracle, size)  # (N, 3, S, S)
-        up = resize(squeezed, x.shape[-1])
-        glues = {f"low-pass {lp}": to_full_resolution(sources, squeezed, lp) for lp in low_passes}
-        glues[UPSAMPLED] = list(to_uint8(up))
-        glues[DETAIL_MATCHED] = list(to_uint8(up + detail_gain(sources, k_images, size) * detail_of(x, size)))
-        for glue, images in glues.items():
+        for glue, images in glues(sources, to_signed_tensor(oracle, size), k_images, low_passes).items():
             keys[f"{size} px, {glue}"] = (size, glue)
             candidates[f"{size} px, {glue}"] = images
     table = score_translations(profile, target_domain, candidates, segmenter=segmenter, cache=cache)
