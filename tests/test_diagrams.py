@@ -182,3 +182,20 @@ def test_stage2_diagram_with_tokens_on_the_levels_caches_the_whole_encoder():
     labels = [b.label for b in d.rows[1].blocks]
     assert labels[:4] == ["level 1", "level 2: Rein tokens", "level 3: Rein tokens", "level 4: Rein tokens"]
     assert d.rows[1].blocks[1].state == "trains" and d.rows[1].blocks[1].new > 0
+
+
+def test_benchmark_diagram_counts_the_targets_each_stage_changes_and_needs_every_trait():
+    import dataclasses
+
+    from mfmda_lib.data import DOMAINS, SOURCE_DOMAIN, TRAIT_STAGES
+
+    styles = {SOURCE_DOMAIN: DOMAINS[SOURCE_DOMAIN], "same": dataclasses.replace(DOMAINS[SOURCE_DOMAIN], name="same"),
+              "blurred": dataclasses.replace(DOMAINS[SOURCE_DOMAIN], name="blurred", blur_sigma=2.0)}
+    d = diagrams.benchmark_diagram(styles, SOURCE_DOMAIN, TRAIT_STAGES)
+    assert d.find("optics and sensor").note.endswith("differs in 1 of 2 targets")
+    assert d.find("colour").note.endswith("differs in 0 of 2 targets")
+    assert d.find("disc and cup masks").kind == "data"
+    d.draw()
+    incomplete = {"camera": {"colour": ("gamma",)}}
+    with pytest.raises(ValueError, match="every trait once"):
+        diagrams.benchmark_diagram(styles, SOURCE_DOMAIN, incomplete)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DomainStyle", "SOURCE_DOMAIN", "DOMAINS", "TARGET_DOMAINS", "SEVERITY_STEPS", "style_at", "style_table"]
+__all__ = ["DomainStyle", "SOURCE_DOMAIN", "DOMAINS", "TARGET_DOMAINS", "SEVERITY_STEPS", "TRAIT_STAGES", "style_at",
+           "style_table"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ DOMAINS: dict[str, DomainStyle] = {
 
 
 TARGET_DOMAINS = [name for name in DOMAINS if name != SOURCE_DOMAIN]
+
+
+#: How a synthetic image is made, stage by stage: which :class:`DomainStyle` traits act at each (every trait once;
+#: the anatomy draws the disc and cup masks, the camera acts on the image only, so the masks stay the labels).
+TRAIT_STAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "anatomy": {"disc and cup": ("disc_radius", "disc_radius_sd", "glaucoma_fraction"),
+                "vessels": ("vessel_contrast",)},
+    "camera": {"colour": ("rgb_gain", "gamma", "contrast", "brightness"),
+               "light": ("illumination", "illumination_angle", "vignetting"),
+               "field of view": ("fov_radius",),
+               "optics and sensor": ("blur_sigma", "noise_sigma", "jpeg_quality")},
+}
 
 
 #: Severities shown when a notebook sweeps the domain-shift knob.

@@ -8,6 +8,7 @@ returns a :class:`~mfmda_lib.plots.blocks.Diagram` (inspect its blocks, or ``.dr
 ==========  =====================================  ================================================
 notebook    function                               draws
 ==========  =====================================  ================================================
+00          :func:`benchmark_diagram`              how a synthetic image is made; what each target changes
 01          :func:`segmenter_diagram`              SAM-style encoder, prompt encoder, decoder
 02          :func:`mae_diagram`                    MAE: patches, masking, encoder, decoder, loss
 03          :func:`strategy_diagram`               what each fine-tuning strategy trains, from when
@@ -22,6 +23,7 @@ notebook    function                               draws
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
@@ -32,8 +34,34 @@ from torch import nn
 
 from .blocks import Block, Diagram, Row, count, module_block, parameter_blocks, parameters_block
 
-__all__ = ["segmenter_diagram", "mae_diagram", "strategy_diagram", "peft_diagram", "decoder_adapter_diagram",
+__all__ = ["benchmark_diagram", "segmenter_diagram", "mae_diagram", "strategy_diagram", "peft_diagram", "decoder_adapter_diagram",
            "tta_diagram", "unet_diagram", "stage1_diagram", "stage2_diagram", "bootstrap_resamples", "bootstrap_diagram"]
+
+
+def benchmark_diagram(styles: Mapping, source: str, stages: Mapping[str, Mapping[str, Sequence[str]]]) -> Diagram:
+    """The synthetic benchmark's image formation: one box per stage of ``stages`` (e.g.
+    :data:`~mfmda_lib.data.domains.TRAIT_STAGES`), noting in how many target domains of ``styles`` (name ->
+    ``DomainStyle``) its traits differ from ``source``'s. ``ValueError`` unless the stages name every trait once."""
+    ref = styles[source]
+    traits = [f.name for f in dataclasses.fields(ref) if f.name not in ("name", "camera", "description")]
+    named = [t for groups in stages.values() for names in groups.values() for t in names]
+    if sorted(named) != sorted(traits):
+        raise ValueError(f"benchmark_diagram: the stages must name every trait once; missing "
+                         f"{sorted(set(traits) - set(named))}, extra or repeated {sorted(set(named) - set(traits))}")
+    targets = [s for name, s in styles.items() if name != source]
+
+    def block(label: str, names: Sequence[str], kind: str) -> Block:
+        k = sum(any(getattr(s, t) != getattr(ref, t) for t in names) for s in targets)
+        return Block(label, kind=kind, note=f"{', '.join(names)}: differs in {k} of {len(targets)} targets")
+
+    rows = [Row(stage, [block(label, names, "data" if stage == "anatomy" else "op") for label, names in groups.items()])
+            for stage, groups in stages.items()]
+    rows.append(Row("what the kit stores", [Block("image", kind="data", note="every stage above"),
+                                            Block("disc and cup masks", kind="data",
+                                                  note="from the anatomy only: the labels")], chain=False))
+    return Diagram(rows, links=[((0, len(rows[0].blocks) - 1), (1, 0)), ((1, len(rows[1].blocks) - 1), (2, 0)),
+                                ((0, 0), (2, 1))],
+                   title=f"One synthetic photograph: the anatomy, then the camera ({len(targets)} target cameras vs {source})")
 
 
 def segmenter_diagram(model: nn.Module, *, cached: bool = True) -> Diagram:
